@@ -1,0 +1,180 @@
+"""Validated J-DiT configuration with named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lavinkit.nn.rope import equal_axes_dims
+
+
+def official_mlp_hidden_size(hidden_size: int) -> int:
+    """SwiGLU width of the official code: ``int((4 * D * 2 / 3) / 64) * 64`` (truncating)."""
+    return int((4 * hidden_size * 2 / 3) / 64) * 64
+
+
+@dataclass
+class JDiTConfig:
+    """J-DiT hyper-parameters.
+
+    Attributes:
+        patch_size: spatial patch (pH, pW) on the latent grid (an int means square).
+        in_channels: latent channels (output channels are the same).
+        hidden_size: transformer width D.
+        depth: number of dual-stream blocks.
+        num_heads: query heads; ``head_dim = hidden_size // num_heads``.
+        kv_group: query heads per key/value head (official meaning: group SIZE);
+            ``num_kv_heads = num_heads // kv_group``.
+        mlp_hidden_size: SwiGLU width; ``None`` = the official formula (:func:`official_mlp_hidden_size`).
+        rope_axes_dims: head-dim channels rotated by the (t, h, w) positions; ``None`` = three equal
+            parts (official; needs ``head_dim % 6 == 0``). For head_dim 64 use e.g. (16, 24, 24).
+        rope_theta: RoPE base.
+        frequency_dim: size of the sinusoidal timestep features.
+        norm_eps: eps of every RMSNorm (pre/post sandwich norms, QK norms, final norm).
+        attention: attention backend: a name in :mod:`lavinkit.nn.attention` or a callable/class.
+        activation_checkpointing: recompute every block in backward (non-reentrant checkpoint).
+        drop_path: stochastic-depth rate on every residual branch (same rate in every block; 0 = off).
+        freeze_dead_params: set ``requires_grad=False`` on the last block's context-stream parameters
+            that cannot affect the output (query projection, query norm, output projection, MLP; the
+            official layout keeps them, see official-arch s.2.7), so DDP sees no unused parameters.
+    """
+
+    patch_size: tuple[int, int] = (2, 2)
+    in_channels: int = 16
+    hidden_size: int = 2304
+    depth: int = 22
+    num_heads: int = 32
+    kv_group: int = 4
+    mlp_hidden_size: int | None = None
+    rope_axes_dims: tuple[int, int, int] | None = None
+    rope_theta: float = 10000.0
+    frequency_dim: int = 256
+    norm_eps: float = 1e-6
+    attention: str | Callable[..., Any] = "sdpa"
+    activation_checkpointing: bool = False
+    drop_path: float = 0.0
+    freeze_dead_params: bool = True
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patch_size, int):
+            self.patch_size = (self.patch_size, self.patch_size)
+        self.patch_size = tuple(int(p) for p in self.patch_size)
+        if len(self.patch_size) != 2 or min(self.patch_size) < 1:
+            raise ValueError(f"JDiTConfig.patch_size must be a positive int or (pH, pW), got {self.patch_size}")
+        for name in ("in_channels", "hidden_size", "depth", "num_heads", "kv_group", "frequency_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"JDiTConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"JDiTConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.num_heads % self.kv_group:
+            raise ValueError(
+                f"JDiTConfig.num_heads ({self.num_heads}) must be divisible by kv_group ({self.kv_group}); "
+                "kv_group is the number of query heads per key/value head"
+            )
+        if self.mlp_hidden_size is not None and self.mlp_hidden_size < 1:
+            raise ValueError(f"JDiTConfig.mlp_hidden_size must be positive or None, got {self.mlp_hidden_size}")
+        if self.rope_axes_dims is None:
+            try:
+                equal_axes_dims(self.head_dim, 3)
+            except ValueError as err:
+                raise ValueError(f"JDiTConfig.rope_axes_dims: {err}") from None
+        else:
+            self.rope_axes_dims = tuple(int(d) for d in self.rope_axes_dims)
+            if len(self.rope_axes_dims) != 3 or any(d < 2 or d % 2 for d in self.rope_axes_dims):
+                raise ValueError(f"JDiTConfig.rope_axes_dims must be three positive even ints, got {self.rope_axes_dims}")
+            if sum(self.rope_axes_dims) != self.head_dim:
+                raise ValueError(
+                    f"JDiTConfig.rope_axes_dims {self.rope_axes_dims} must sum to head_dim {self.head_dim}"
+                )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"JDiTConfig.drop_path must be in [0, 1), got {self.drop_path}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"JDiTConfig.norm_eps must be positive, got {self.norm_eps}")
+        if not isinstance(self.attention, str) and not callable(self.attention):
+            raise ValueError(f"JDiTConfig.attention must be a backend name or a callable, got {self.attention!r}")
+        if isinstance(self.attention, str):
+            from lavinkit.nn.attention import available_attention
+
+            if self.attention not in available_attention():
+                raise ValueError(
+                    f"JDiTConfig.attention: unknown backend {self.attention!r}; "
+                    f"registered: {', '.join(available_attention())}"
+                )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_heads // self.kv_group
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_hidden_size or official_mlp_hidden_size(self.hidden_size)
+
+    @property
+    def axes_dims(self) -> tuple[int, int, int]:
+        return self.rope_axes_dims or equal_axes_dims(self.head_dim, 3)
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size[0] * self.patch_size[1] * self.in_channels
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> JDiTConfig:
+        """A named preset (see :data:`PRESETS`) with field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown J-DiT preset {name!r}; available: {', '.join(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"JDiTConfig has no field(s) {sorted(unknown)} (preset {name!r})")
+        return cls(**{**PRESETS[name], "name": name, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (the attention backend is stored by registry name)."""
+        out = dataclasses.asdict(self)
+        if not isinstance(self.attention, str):
+            from lavinkit.nn.attention import attention_name
+
+            name = attention_name(self.attention)
+            if name is None:
+                raise ValueError(
+                    f"JDiTConfig.attention {self.attention!r} is not registered; register it with "
+                    "lavinkit.nn.attention.register_attention to save the config"
+                )
+            out["attention"] = name
+        out["patch_size"] = list(self.patch_size)
+        if self.rope_axes_dims is not None:
+            out["rope_axes_dims"] = list(self.rope_axes_dims)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JDiTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"J-DiT config has unknown field(s) {sorted(unknown)}")
+        return cls(**data)
+
+
+# Presets: the official released model, a tiny tester, and the paper's smaller scales with
+# kernel-friendly head dims (64 / 128, RoPE split favouring the spatial axes).
+PRESETS: dict[str, dict[str, Any]] = {
+    "official-3b": dict(patch_size=(2, 2), in_channels=16, hidden_size=2304, depth=22, num_heads=32, kv_group=4),
+    "1b": dict(
+        patch_size=(2, 2), in_channels=16, hidden_size=1536, depth=16, num_heads=12, kv_group=4,
+        rope_axes_dims=(32, 48, 48),
+    ),
+    "0.1b": dict(
+        patch_size=(2, 2), in_channels=16, hidden_size=512, depth=12, num_heads=8, kv_group=4,
+        rope_axes_dims=(16, 24, 24),
+    ),
+    "tiny": dict(patch_size=(2, 2), in_channels=16, hidden_size=96, depth=2, num_heads=2, kv_group=2),
+}
