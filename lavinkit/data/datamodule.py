@@ -1,0 +1,569 @@
+"""Lightning DataModules for in-context pair shards (images, clips, mixtures, pre-encoded latents).
+
+Every train/val batch follows the contract of :func:`lavinkit.data.pipeline.collate_examples`::
+
+    {"input": float32 [B, N, 3, T, H, W] in [-1, 1], "target": same, "task": list[str] (B),
+     "keys": list[list[str]] (B x N), "num_context": int}          N = k + 1, the query pair last
+
+(latent modules: ``[B, N, C, t, h, w]`` normalised latents and ``"latents": True``).
+
+Policies (all ranks and workers follow them without talking to each other):
+
+* Training streams resample shards with seeds derived from ``(seed, epoch, rank, worker)`` and run
+  exactly ``steps_per_epoch`` batches per rank per epoch: no rank runs out of data, uneven shard counts
+  cannot hang DDP. The data-parallel rank comes from the trainer's ``distributed_sampler_kwargs``.
+* Validation is finite and identical on every run: shards (or, with fewer shards than
+  ranks x workers, samples) are split by rank and worker; every rank yields the same number of
+  batches: ``val_batches`` if given (a unit that runs short repeats its data), else the smallest count
+  any rank can form (the rest is truncated). Tasks left with fewer than k+1 pairs at the end of the pass
+  are dropped.
+* Resume: :meth:`state_dict` stores ``(seed, epoch, consumed batches)``; after :meth:`load_state_dict`
+  the next epoch iterator regroups the consumed batches without decoding them and continues with
+  exactly the batches an uninterrupted run would have produced. Exact for the same seed, world size,
+  ``num_workers`` and ``steps_per_epoch``; a corrupt sample inside the skipped part shifts the stream
+  by the examples it would have dropped (grouping does not decode pixels).
+* Bad samples are skipped and counted (``skipped``, ``skipped_by_shard``, :class:`SkippedSamplesLogger`
+  logs ``data/skipped``); beyond ``max_skipped`` the run stops naming the last bad shard and key.
+* Training loaders never use persistent workers: the epoch and the resume position reach the workers
+  when the epoch's iterator is created.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from lavinkit.data.incontext import NumContext, parse_num_context
+from lavinkit.data.pipeline import (
+    ERROR_FIELD,
+    SKIP_FIELD,
+    DataStreamError,
+    LatentDecoder,
+    PairStream,
+    PixelDecoder,
+    Source,
+    find_index,
+    resolve_urls,
+    task_counts_from_index,
+    worker_init,
+)
+
+Urls = str | list[str]
+
+
+class _Position:
+    """Where the training stream is: the epoch being read, batches delivered, a pending resume."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.next_epoch = 0
+        self.consumed = 0
+        self.started = False
+        self.resume: tuple[int, int] | None = None
+
+    def begin(self, epoch: int | None) -> tuple[int, int]:
+        epoch = self.next_epoch if epoch is None else epoch
+        skip = 0
+        if self.resume is not None and self.resume[0] == epoch:
+            skip = self.resume[1]
+        self.resume = None
+        self.epoch, self.consumed, self.next_epoch, self.started = epoch, skip, epoch + 1, True
+        return epoch, skip
+
+
+class StreamLoader(DataLoader):
+    """``DataLoader(PairStream, batch_size=None)`` that sets the epoch/resume position in the dataset when
+    an epoch's iterator is created, counts delivered batches, and turns worker-side bad-sample reports
+    into counts (or a clean :class:`DataStreamError`) in the main process."""
+
+    def __init__(self, dataset: PairStream, owner: _PairDataModule, *, position: _Position | None, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, worker_init_fn=worker_init, persistent_workers=False, **kwargs)
+        self._owner = owner
+        self._position = position
+
+    def __iter__(self):
+        if self._position is not None:
+            self.dataset.epoch, self.dataset.skip = self._position.begin(self._owner._trainer_epoch())
+        return self._deliver(super().__iter__())
+
+    def _deliver(self, iterator):
+        owner = self._owner
+        for batch in iterator:
+            report = batch.pop(SKIP_FIELD, None)
+            if report:
+                owner._record_skips(report)
+            if ERROR_FIELD in batch:
+                raise DataStreamError(batch[ERROR_FIELD])
+            if self._position is not None:
+                self._position.consumed += 1
+            yield batch
+
+
+class _PairDataModule(pl.LightningDataModule):
+    """Shared machinery; the public subclasses only declare their sources."""
+
+    latents = False
+
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        num_context: NumContext,
+        val_num_context: int | None,
+        steps_per_epoch: int,
+        val_batches: int | None,
+        num_workers: int,
+        seed: int,
+        shuffle_buffer: int,
+        task_weights: dict[str, float] | None,
+        max_skipped: int | None,
+        pin_memory: bool,
+        prefetch_factor: int | None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 (batches per rank per epoch), got {steps_per_epoch}")
+        if val_batches is not None and val_batches < 1:
+            raise ValueError(f"val_batches must be >= 1 or None, got {val_batches}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.num_context = parse_num_context(num_context)
+        k_val = self.num_context[1] if val_num_context is None else val_num_context
+        self.val_num_context = parse_num_context(k_val)
+        self.steps_per_epoch = steps_per_epoch
+        self.val_batches = val_batches
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.task_weights = dict(task_weights) if task_weights else None
+        self.max_skipped = max_skipped
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.skipped = 0
+        self.skipped_by_shard: dict[str, int] = {}
+        self.last_skipped: tuple[str, str, str] | None = None
+        self._position = _Position()
+        self._train_sources: list[Source] | None = None
+        self._val_sources: list[Source] | None = None
+        self._rank, self._world = 0, 1
+
+    # ---- to be provided by subclasses
+
+    def _sources(self, split: str) -> list[Source]:
+        raise NotImplementedError
+
+    # ---- setup
+
+    def _resolve_rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            kw = trainer.distributed_sampler_kwargs or {}
+            return int(kw.get("rank", trainer.global_rank)), int(kw.get("num_replicas", trainer.world_size))
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _check_tasks(self, src: Source, n: int, what: str) -> None:
+        counts = task_counts_from_index(find_index(src.urls), src.urls)
+        small = {t: c for t, c in counts.items() if c < n and (not self.task_weights or self.task_weights.get(t, 1) > 0)}
+        if small:
+            raise ValueError(
+                f"{what} ({src.name}): tasks with fewer pairs than k+1 = {n} (index.json): "
+                + ", ".join(f"{t!r} has {c}" for t, c in sorted(small.items()))
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._rank, self._world = self._resolve_rank()
+        if stage in (None, "fit") and self._train_sources is None:
+            self._train_sources = self._sources("train")
+            for src in self._train_sources:
+                self._check_tasks(src, self.num_context[1] + 1, "train")
+        if stage in (None, "fit", "validate") and self._val_sources is None:
+            self._val_sources = self._sources("val")
+            for src in self._val_sources:
+                self._check_tasks(src, self.val_num_context[1] + 1, "val")
+
+    # ---- loaders
+
+    def _loader_kwargs(self) -> dict:
+        kw: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kw["prefetch_factor"] = self.prefetch_factor
+        return kw
+
+    def _stream(self, sources: list[Source], *, train: bool, quotas: dict | None = None) -> PairStream:
+        return PairStream(
+            sources,
+            train=train,
+            num_context=self.num_context if train else self.val_num_context,
+            seed=self.seed,
+            num_batches=self.steps_per_epoch if train else None,
+            quotas=quotas,
+            rank=self._rank,
+            world_size=self._world,
+            shuffle_buffer=self.shuffle_buffer,
+            task_weights=self.task_weights,
+            max_skipped=self.max_skipped,
+        )
+
+    def train_dataloader(self) -> StreamLoader:
+        if self._train_sources is None:
+            self.setup("fit")
+        if not self._train_sources:
+            raise ValueError(f"{type(self).__name__}: no training urls configured")
+        return StreamLoader(self._stream(self._train_sources, train=True), self, position=self._position,
+                            **self._loader_kwargs())
+
+    def val_dataloader(self) -> StreamLoader | list:
+        if self._val_sources is None:
+            self.setup("validate")
+        if not self._val_sources:
+            return []
+        workers = max(1, self.num_workers)
+        units = self._world * workers
+        quotas: dict[str, list[int]] = {}
+        probe = self._stream(self._val_sources, train=False, quotas={})
+        for src in self._val_sources:
+            if len(src.urls) < units:
+                warnings.warn(
+                    f"val ({src.name}): {len(src.urls)} shards < {self._world} ranks x {workers} workers; "
+                    "splitting by sample (every unit reads all shards and keeps every "
+                    f"{units}-th sample)",
+                    stacklevel=2,
+                )
+            if self.val_batches is not None:
+                share = self.val_batches // len(self._val_sources)
+                share = max(1, share)
+                quotas[src.name] = [len(range(w, share, workers)) for w in range(workers)]
+                continue
+            quota = []
+            for w in range(workers):
+                counts = [probe.count_val_batches(src, r * workers + w, units) for r in range(self._world)]
+                quota.append(min(counts))
+            if sum(quota) == 0:
+                raise ValueError(
+                    f"val ({src.name}): no rank can form one batch of {src.batch_size} examples of "
+                    f"{self.val_num_context[1] + 1} pairs from {len(src.urls)} shards (first {src.urls[0]!r}) "
+                    f"split over {self._world} ranks x {workers} workers; set val_batches to repeat the data, "
+                    "or lower batch_size / val_num_context"
+                )
+            quotas[src.name] = quota
+        return StreamLoader(self._stream(self._val_sources, train=False, quotas=quotas), self, position=None,
+                            **self._loader_kwargs())
+
+    # ---- position and skips
+
+    def _trainer_epoch(self) -> int | None:
+        trainer = self._fitting_trainer()
+        return None if trainer is None else int(trainer.current_epoch)
+
+    def _fitting_trainer(self):
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        return trainer if trainer.state.fn == TrainerFn.FITTING else None
+
+    def _record_skips(self, report: dict) -> None:
+        self.skipped += int(report["count"])
+        for url, n in report["by_shard"].items():
+            self.skipped_by_shard[url] = self.skipped_by_shard.get(url, 0) + n
+        self.last_skipped = report["last"]
+        if self.max_skipped is not None and self.skipped > self.max_skipped:
+            url, key, reason = self.last_skipped
+            raise DataStreamError(
+                f"skipped {self.skipped} bad samples, more than max_skipped={self.max_skipped}; "
+                f"last: shard {url}, key {key!r}: {reason}"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"seed", "epoch", "consumed", "world_size", "num_workers", "steps_per_epoch", "skipped"}``.
+
+        ``consumed`` counts the training batches of ``epoch`` already processed on this rank (taken from the
+        trainer's loop when fitting, so batches prefetched by the loader are not counted).
+        """
+        pos = self._position
+        trainer = self._fitting_trainer()
+        if trainer is not None:
+            epoch = int(trainer.current_epoch)
+            consumed = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        elif pos.started:
+            epoch, consumed = pos.epoch, pos.consumed
+        else:
+            epoch, consumed = pos.next_epoch, 0
+        if consumed >= self.steps_per_epoch:
+            epoch, consumed = epoch + 1, 0
+        return {
+            "seed": self.seed,
+            "epoch": epoch,
+            "consumed": consumed,
+            "world_size": self._world,
+            "num_workers": self.num_workers,
+            "steps_per_epoch": self.steps_per_epoch,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training stream at ``(epoch, consumed)`` on the next epoch iterator."""
+        changed = {
+            name: (state_dict.get(name), now)
+            for name, now in (("seed", self.seed), ("num_workers", self.num_workers),
+                              ("steps_per_epoch", self.steps_per_epoch))
+            if state_dict.get(name) != now
+        }
+        if state_dict.get("world_size") not in (None, self._world) and getattr(self, "trainer", None) is not None:
+            changed["world_size"] = (state_dict.get("world_size"), self._world)
+        if changed:
+            warnings.warn(
+                "data stream resumed with different settings "
+                + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
+                + "; the stream continues at the same epoch and step but not with the same batches",
+                stacklevel=2,
+            )
+        self._position.resume = (int(state_dict["epoch"]), int(state_dict["consumed"]))
+        self._position.next_epoch = int(state_dict["epoch"])
+        self.skipped = int(state_dict.get("skipped", 0))
+
+
+_COMMON_DOC = """
+    Args:
+        train_urls / val_urls: shard urls (brace expansion, ``pipe:``, lists, a directory of ``*.tar`` or a glob).
+        batch_size: in-context examples per batch (per rank).
+        num_context: k context pairs per example; an int, or ``[k_min, k_max]`` drawn per batch.
+        val_num_context: fixed k for validation (default: the largest training k).
+        steps_per_epoch: training batches per rank per epoch (the stream resamples shards endlessly).
+        val_batches: validation batches per rank; ``None`` counts what every rank can form and truncates.
+        num_workers: DataLoader workers per rank.
+        seed: root of every shard/shuffle/k draw (derived per epoch, rank and worker).
+        shuffle_buffer: sample shuffle buffer of each training worker.
+        task_weights: ``{task: weight}``: relative frequency of tasks (thinning; 0 drops a task).
+        max_skipped: bad samples tolerated per rank before the run stops (``None``: no limit).
+        pin_memory, prefetch_factor: DataLoader options.
+"""
+
+
+class ImagePairDataModule(_PairDataModule):
+    __doc__ = (
+        "In-context batches of image pairs (``T = 1``).\n" + _COMMON_DOC
+        + "        size: resize (short side) + center-crop to ``size x size`` (a multiple of 16); None keeps the stored size.\n"
+    )
+
+    def __init__(
+        self,
+        train_urls: Urls | None = None,
+        val_urls: Urls | None = None,
+        *,
+        batch_size: int = 8,
+        num_context: NumContext = 2,
+        val_num_context: int | None = None,
+        steps_per_epoch: int = 1000,
+        val_batches: int | None = None,
+        size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        task_weights: dict[str, float] | None = None,
+        max_skipped: int | None = 100,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
+                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
+                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
+                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        self.train_urls, self.val_urls = train_urls, val_urls
+        self.size = _check_size(size)
+
+    def _sources(self, split: str) -> list[Source]:
+        urls = self.train_urls if split == "train" else self.val_urls
+        if urls is None:
+            return []
+        return [Source("image", resolve_urls(urls, what=f"{split}_urls"), PixelDecoder("image", self.size), self.batch_size)]
+
+
+class VideoPairDataModule(_PairDataModule):
+    __doc__ = (
+        "In-context batches of clip pairs (``T = 1 + 4k``).\n" + _COMMON_DOC
+        + "        size: resize + center-crop every frame to ``size x size`` (multiple of 16).\n"
+        + "        frames: keep the first ``frames`` frames (1 + 4k); shorter clips are skipped and counted.\n"
+    )
+
+    def __init__(
+        self,
+        train_urls: Urls | None = None,
+        val_urls: Urls | None = None,
+        *,
+        batch_size: int = 2,
+        num_context: NumContext = 1,
+        val_num_context: int | None = None,
+        steps_per_epoch: int = 1000,
+        val_batches: int | None = None,
+        size: int | None = None,
+        frames: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+        task_weights: dict[str, float] | None = None,
+        max_skipped: int | None = 100,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
+                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
+                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
+                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        self.train_urls, self.val_urls = train_urls, val_urls
+        self.size = _check_size(size)
+        self.frames = _check_frames(frames)
+
+    def _sources(self, split: str) -> list[Source]:
+        urls = self.train_urls if split == "train" else self.val_urls
+        if urls is None:
+            return []
+        dec = PixelDecoder("video", self.size, self.frames)
+        return [Source("video", resolve_urls(urls, what=f"{split}_urls"), dec, self.batch_size)]
+
+
+class MixtureDataModule(_PairDataModule):
+    __doc__ = (
+        "Image and clip pairs in one stream; each batch is all images or all clips, drawn by weight.\n"
+        + _COMMON_DOC
+        + "        image_train_urls / video_train_urls / image_val_urls / video_val_urls: the two shard sets.\n"
+        + "        image_weight, video_weight: probability weights of drawing an image / clip batch.\n"
+        + "        video_batch_size: examples per clip batch (default: batch_size).\n"
+        + "        size, frames: as in the image / video modules.\n"
+        + "    Validation yields the image batches, then the clip batches (val_batches is split between them).\n"
+    )
+
+    def __init__(
+        self,
+        image_train_urls: Urls | None = None,
+        video_train_urls: Urls | None = None,
+        image_val_urls: Urls | None = None,
+        video_val_urls: Urls | None = None,
+        *,
+        image_weight: float = 1.0,
+        video_weight: float = 1.0,
+        batch_size: int = 8,
+        video_batch_size: int | None = None,
+        num_context: NumContext = 2,
+        val_num_context: int | None = None,
+        steps_per_epoch: int = 1000,
+        val_batches: int | None = None,
+        size: int | None = None,
+        frames: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        task_weights: dict[str, float] | None = None,
+        max_skipped: int | None = 100,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
+                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
+                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
+                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        if image_weight < 0 or video_weight < 0 or image_weight + video_weight <= 0:
+            raise ValueError(f"image_weight/video_weight must be >= 0 and not both 0, got {image_weight}, {video_weight}")
+        self.urls = {"train": (image_train_urls, video_train_urls), "val": (image_val_urls, video_val_urls)}
+        self.weights = (image_weight, video_weight)
+        self.video_batch_size = video_batch_size or batch_size
+        self.size = _check_size(size)
+        self.frames = _check_frames(frames)
+
+    def _sources(self, split: str) -> list[Source]:
+        image_urls, video_urls = self.urls[split]
+        out = []
+        if image_urls is not None and (split == "val" or self.weights[0] > 0):
+            out.append(Source("image", resolve_urls(image_urls, what=f"image_{split}_urls"),
+                              PixelDecoder("image", self.size), self.batch_size, self.weights[0]))
+        if video_urls is not None and (split == "val" or self.weights[1] > 0):
+            out.append(Source("video", resolve_urls(video_urls, what=f"video_{split}_urls"),
+                              PixelDecoder("video", self.size, self.frames), self.video_batch_size, self.weights[1]))
+        return out
+
+
+class LatentPairDataModule(_PairDataModule):
+    __doc__ = (
+        "In-context batches of pre-encoded latent pairs (``<key>.input.npy`` / ``<key>.target.npy`` float16\n"
+        "    ``[C, t, h, w]`` + json recording the VAE); batches hold float32 ``[B, N, C, t, h, w]`` and\n"
+        "    ``\"latents\": True``. Latents of one batch must share their shape (one resolution per shard set).\n"
+        + _COMMON_DOC
+        + "        latent_shift, latent_scale: applied as ``(z - shift) * scale`` (identity by default: the\n"
+        + "            shards written by ``lavinkit encode`` are already normalised).\n"
+        + "        vae: if set, every sample's json ``vae`` entry must name this VAE.\n"
+    )
+
+    latents = True
+
+    def __init__(
+        self,
+        train_urls: Urls | None = None,
+        val_urls: Urls | None = None,
+        *,
+        batch_size: int = 8,
+        num_context: NumContext = 2,
+        val_num_context: int | None = None,
+        steps_per_epoch: int = 1000,
+        val_batches: int | None = None,
+        latent_shift: float = 0.0,
+        latent_scale: float = 1.0,
+        vae: str | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        task_weights: dict[str, float] | None = None,
+        max_skipped: int | None = 100,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
+                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
+                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
+                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        self.train_urls, self.val_urls = train_urls, val_urls
+        self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
+
+    def _sources(self, split: str) -> list[Source]:
+        urls = self.train_urls if split == "train" else self.val_urls
+        if urls is None:
+            return []
+        return [Source("latent", resolve_urls(urls, what=f"{split}_urls"), self.decoder, self.batch_size)]
+
+
+def _check_size(size: int | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if size < 16 or size % 16:
+        raise ValueError(f"size must be a positive multiple of 16 (VAE 8 x patch 2), got {size}")
+    return (size, size)
+
+
+def _check_frames(frames: int | None) -> int | None:
+    if frames is not None and (frames < 1 or (frames - 1) % 4):
+        raise ValueError(f"frames must be 1 + 4k (1, 5, 9, 13, 17, ...), got {frames}")
+    return frames
+
+
+class SkippedSamplesLogger(pl.Callback):
+    """Logs the DataModule's bad-sample count as ``data/skipped`` (summed over ranks) every
+    ``every_n_steps`` training steps."""
+
+    def __init__(self, every_n_steps: int = 50):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "skipped") or trainer.global_step % self.every_n_steps:
+            return
+        pl_module.log("data/skipped", float(dm.skipped), reduce_fx="sum", sync_dist=True, on_step=True, on_epoch=False)
