@@ -1,0 +1,203 @@
+"""J-DiT model contract: shapes, determinism, gradients, checkpointing, padding, presets, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lavinkit.models.io import save_pretrained
+from lavinkit.models.jdit import JDiT, JDiTConfig, JointBlock, cfg_batch, null_context
+from lavinkit.nn.attention import naive_attention
+
+
+def _randomise(model: JDiT, seed: int = 0) -> JDiT:
+    """Non-trivial weights (the official init zeroes the gates, which hides most of the computation)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = p.shape[-1] ** -0.5 if p.ndim > 1 else 0.1  # ~unit-variance activations
+            p.copy_(torch.randn(p.shape, generator=g) * scale + (1.0 if p.ndim == 1 else 0.0))
+    return model
+
+
+def _tiny(**overrides) -> JDiT:
+    torch.manual_seed(0)
+    return _randomise(JDiT(JDiTConfig.from_name("tiny", **overrides)))
+
+
+def _inputs(b=2, tc=3, tx=1, h=8, w=8, c=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, tx, h, w, generator=g), torch.rand(b, generator=g), torch.randn(b, c, tc, h, w, generator=g)
+
+
+@pytest.mark.parametrize("tc,tx,h,w", [(3, 1, 8, 8), (1, 2, 4, 6), (5, 1, 2, 2)])
+def test_shapes_and_determinism(tc, tx, h, w):
+    model = _tiny().eval()
+    x, t, ctx = _inputs(tc=tc, tx=tx, h=h, w=w)
+    with torch.no_grad():
+        out = model(x, t, ctx)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        torch.testing.assert_close(model(x, t, ctx), out, atol=0, rtol=0)
+
+
+def test_official_init_outputs_zero():
+    model = JDiT(JDiTConfig.from_name("tiny"))
+    x, t, ctx = _inputs()
+    assert model(x, t, ctx).abs().max() == 0
+    assert model.prompt_embed.std() > 0
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    model = _tiny().train()
+    x, t, ctx = _inputs()
+    model(x, t, ctx).square().mean().backward()
+    dead = {id(p) for p in model.dead_parameters()}
+    assert dead, "the last block's context q/out/mlp are dead"
+    for name, p in model.named_parameters():
+        if id(p) in dead:
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_dead_parameters_do_not_affect_output():
+    model = _tiny().eval()
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        ref = model(x, t, ctx)
+        for p in model.dead_parameters():
+            p.add_(1.0)
+        torch.testing.assert_close(model(x, t, ctx), ref, atol=0, rtol=0)
+    assert all(p.requires_grad for p in JDiT(JDiTConfig.from_name("tiny", freeze_dead_params=False)).parameters())
+
+
+def test_activation_checkpointing_equivalence():
+    x, t, ctx = _inputs()
+    results = []
+    for flag in (False, True):
+        model = _tiny(activation_checkpointing=flag)
+        out = model(x, t, ctx)
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=0, rtol=0)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_padded_context_equals_unpadded_calls():
+    model = _tiny().eval()
+    x, t, ctx = _inputs(b=2, tc=4)
+    null = null_context(ctx[1:])  # [1, C, 2, H, W]
+    padded = torch.cat([ctx[:1], torch.cat([null, torch.randn_like(null)], dim=2)], dim=0)  # garbage padding
+    lengths = torch.tensor([4, 2])
+    with torch.no_grad():
+        out = model(x, t, padded, context_lengths=lengths)
+        full = model(x[:1], t[:1], ctx[:1])
+        short = model(x[1:], t[1:], null)
+        torch.testing.assert_close(out[:1], full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[1:], short, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(x, t, ctx, context_lengths=torch.tensor([4, 4])), model(x, t, ctx), atol=1e-5, rtol=1e-5)
+        # cfg_batch: one pass == the two official passes
+        c, u = model(*cfg_batch(x, t, ctx)).chunk(2)
+        torch.testing.assert_close(u, model(x, t, null_context(ctx)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c, model(x, t, ctx), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_backends_give_the_same_model_output():
+    x, t, ctx = _inputs()
+    outs = [_tiny(attention=a).eval()(x, t, ctx).detach() for a in ("sdpa", "naive", naive_attention)]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1], outs[2], atol=0, rtol=0)
+
+
+def test_drop_path_trains():
+    model = _tiny(drop_path=0.5).train()
+    x, t, ctx = _inputs()
+    model(x, t, ctx).mean().backward()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, ctx), model(x, t, ctx))
+
+
+def test_meta_official_3b_and_materialise():
+    model = JDiT(JDiTConfig.from_name("official-3b"), device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 3_398_976_064
+    assert all(p.is_meta for p in model.parameters())
+    assert model.block_class is JointBlock and isinstance(model.blocks[0], model.block_class)
+    assert not any(p.requires_grad for p in model.dead_parameters())
+    tiny = JDiT(JDiTConfig.from_name("tiny"), device="meta")
+    tiny.to_empty(device="cpu")
+    tiny.init_weights()
+    x, t, ctx = _inputs()
+    assert torch.isfinite(tiny(x, t, ctx)).all()
+
+
+def test_presets():
+    counts = {n: sum(p.numel() for p in JDiT(JDiTConfig.from_name(n), device="meta").parameters()) for n in ("0.1b", "1b")}
+    assert 0.08e9 < counts["0.1b"] < 0.12e9 and 0.9e9 < counts["1b"] < 1.2e9
+    assert JDiTConfig.from_name("0.1b").head_dim == 64 and JDiTConfig.from_name("1b").head_dim == 128
+    cfg = JDiTConfig.from_name("official-3b")
+    assert (cfg.head_dim, cfg.num_kv_heads, cfg.mlp_width, cfg.axes_dims) == (72, 8, 6144, (24, 24, 24))
+
+
+def test_save_and_load_pretrained(tmp_path):
+    model = _tiny().eval()
+    path = model.save_pretrained(tmp_path / "dit.safetensors")
+    loaded = JDiT.from_pretrained(path, attention="naive")
+    assert loaded.config.attention == "naive" and loaded.config.hidden_size == 96
+    assert not any(p.requires_grad for p in loaded.dead_parameters())
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, ctx), model(x, t, ctx), atol=1e-5, rtol=1e-5)
+    other = save_pretrained(tmp_path / "vae.safetensors", "stvae", {}, {})
+    with pytest.raises(ValueError, match="'stvae' model"):
+        JDiT.from_pretrained(other)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(hidden_size=128, num_heads=2), r"rope_axes_dims.*\(16, 24, 24\)"),
+        (dict(num_heads=4, hidden_size=96, kv_group=3), "divisible by kv_group"),
+        (dict(hidden_size=97), "divisible by num_heads"),
+        (dict(rope_axes_dims=(16, 16, 18)), "sum to head_dim 48"),
+        (dict(rope_axes_dims=(15, 15, 18)), "even"),
+        (dict(attention="nope"), "unknown backend 'nope'"),
+        (dict(depth=0), "depth"),
+        (dict(drop_path=1.0), "drop_path"),
+    ],
+)
+def test_config_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        JDiTConfig.from_name("tiny", **overrides)
+
+
+def test_config_name_errors():
+    with pytest.raises(ValueError, match="unknown J-DiT preset 'huge'"):
+        JDiTConfig.from_name("huge")
+    with pytest.raises(TypeError, match="widht"):
+        JDiTConfig.from_name("tiny", widht=3)
+    cfg = JDiTConfig.from_name("tiny", rope_axes_dims=(8, 20, 20), patch_size=1)
+    assert cfg.patch_size == (1, 1) and JDiTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_forward_errors():
+    model = JDiT(JDiTConfig.from_name("tiny"))
+    x, t, ctx = _inputs()
+    with pytest.raises(ValueError, match="in_channels is 16 but x has 8"):
+        model(x[:, :8], t, ctx)
+    with pytest.raises(ValueError, match="spatial size"):
+        model(x, t, ctx[..., :4])
+    with pytest.raises(ValueError, match="batch size"):
+        model(x, t, ctx[:1])
+    with pytest.raises(ValueError, match=r"\[B, C, T, H, W\]"):
+        model(x[:, :, 0], t, ctx)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        model(x[..., :7, :7], t, ctx[..., :7, :7])
+    with pytest.raises(ValueError, match=r"t must have shape \[B\]"):
+        model(x, t[:1], ctx)
+    with pytest.raises(ValueError, match=r"context_lengths must lie in \[1, 3\]"):
+        model(x, t, ctx, context_lengths=torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(x, t, ctx, context_lengths=torch.tensor([3.0, 2.0]))
