@@ -1,0 +1,395 @@
+"""Write pair shards: from official-style task folders, from videos, and the shard index.
+
+Task folders (the layout of the official LaVin-DiT release)::
+
+    root/<task>/<NAME>_input.<png|jpg|jpeg|webp>
+    root/<task>/<NAME>_target.<png|jpg|jpeg|webp>
+
+Videos: a folder of video files cut into clips of ``frames`` = 1 + 4k frames every ``stride`` frames,
+either paired (``NAME_input.mp4`` + ``NAME_target.mp4``) or with the input made from each video by a
+named, seeded transform of :data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
+
+Next to the shards goes ``index.json``::
+
+    {"format": "lavinkit-pairs", "version": 1, "num_samples": N,
+     "tasks": {"<task>": {"modality": "image"|"video", "count": n, "frames": [..], "sizes": [[H, W], ..]}},
+     "shards": [{"url": "images-000000.tar", "modality": "image", "samples": n, "bytes": b,
+                 "tasks": {"<task>": n}, "frames": [..], "sizes": [[H, W], ..]}]}
+
+Shard urls in the index are relative to the folder holding it. Shards are byte-reproducible: tar
+members get a fixed mtime and samples are written in a deterministic order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, read_video_file
+from lavinkit.data.schema import is_valid_frames, make_sample, sanitize_key
+
+INDEX_NAME = "index.json"
+FIXED_MTIME = 946684800.0  # 2000-01-01T00:00:00Z: a fixed tar mtime makes shards byte-reproducible
+DEFAULT_MAXCOUNT = 1000
+DEFAULT_MAXSIZE = 256e6
+
+
+class PackError(ValueError):
+    """Input that cannot be packed; the message names the files or option at fault."""
+
+
+class PairShardWriter:
+    """``webdataset.ShardWriter`` that records what each shard holds, for ``index.json``.
+
+    Args:
+        out_dir: folder for the shards.
+        prefix: shard names are ``<prefix>-%06d.tar``.
+        maxcount, maxsize: start a new shard after this many samples / bytes.
+        mtime: tar member mtime (fixed by default: reproducible bytes).
+
+    The underlying writer is opened on the first sample, so writing nothing leaves no empty shard.
+    """
+
+    def __init__(self, out_dir: str | Path, prefix: str, *, maxcount: int = DEFAULT_MAXCOUNT,
+                 maxsize: float = DEFAULT_MAXSIZE, mtime: float = FIXED_MTIME):
+        if maxcount < 1:
+            raise PackError(f"maxcount must be >= 1, got {maxcount}")
+        self.out_dir = Path(out_dir)
+        self.prefix = prefix
+        self.maxcount, self.maxsize, self.mtime = maxcount, maxsize, mtime
+        self._writer = None
+        self.shards: dict[str, dict] = {}
+
+    def write(self, sample: dict) -> None:
+        """Write one sample made by :func:`lavinkit.data.schema.make_sample`."""
+        import webdataset as wds
+
+        if self._writer is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            pattern = str(self.out_dir / f"{self.prefix}-%06d.tar")
+            self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount, maxsize=self.maxsize, verbose=0,
+                                           mtime=self.mtime)
+        self._writer.write(sample)
+        meta = json.loads(sample["json"])
+        name = Path(self._writer.fname).name
+        rec = self.shards.setdefault(name, {"url": name, "modality": meta["modality"], "samples": 0, "bytes": 0,
+                                            "tasks": {}, "frames": [], "sizes": []})
+        rec["samples"] += 1
+        rec["tasks"][meta["task"]] = rec["tasks"].get(meta["task"], 0) + 1
+        if meta["frames"] not in rec["frames"]:
+            rec["frames"].append(meta["frames"])
+        if [meta["height"], meta["width"]] not in rec["sizes"]:
+            rec["sizes"].append([meta["height"], meta["width"]])
+        if rec["modality"] != meta["modality"]:
+            rec["modality"] = "mixed"
+
+    def close(self) -> list[dict]:
+        """Close the last shard; returns the shard records (with file sizes)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for rec in self.shards.values():
+            rec["bytes"] = os.path.getsize(self.out_dir / rec["url"])
+            rec["frames"].sort()
+            rec["sizes"].sort()
+        return list(self.shards.values())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_index(out_dir: str | Path, shards: Iterable[dict]) -> Path:
+    """Write ``out_dir/index.json`` from shard records (see the module docstring for the format)."""
+    out_dir = Path(out_dir)
+    shards = sorted(shards, key=lambda r: r["url"])
+    tasks: dict[str, dict] = {}
+    for rec in shards:
+        for task, n in rec["tasks"].items():
+            t = tasks.setdefault(task, {"modality": rec["modality"], "count": 0, "frames": [], "sizes": []})
+            t["count"] += n
+            if t["modality"] != rec["modality"]:
+                t["modality"] = "mixed"
+            t["frames"] = sorted(set(t["frames"]) | set(rec["frames"]))
+            t["sizes"] = sorted({tuple(s) for s in t["sizes"]} | {tuple(s) for s in rec["sizes"]})
+    for t in tasks.values():
+        t["sizes"] = [list(s) for s in t["sizes"]]
+    index = {"format": "lavinkit-pairs", "version": 1, "num_samples": sum(r["samples"] for r in shards),
+             "tasks": dict(sorted(tasks.items())), "shards": shards}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / INDEX_NAME
+    path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_index(path: str | Path) -> dict:
+    """Load an ``index.json`` (``path`` is the file or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no shard index at {path}")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise ValueError(f"{path}: not a lavinkit shard index (no 'shards' list)")
+    return index
+
+
+def index_urls(path: str | Path, modality: str | None = None) -> list[str]:
+    """Absolute shard paths listed in an index, optionally only those of one modality ("image"/"video")."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    return [str(folder / rec["url"]) for rec in read_index(path)["shards"]
+            if modality is None or rec["modality"] == modality]
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+def square_resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``uint8 [T, H, W, 3]`` so the short side is ``size`` (bicubic), then center-crop ``size x size``."""
+    from PIL import Image
+
+    t, h, w, _ = arr.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    out = np.empty((t, size, size, 3), np.uint8)
+    for i in range(t):
+        im = Image.fromarray(arr[i])
+        if (nh, nw) != (h, w):
+            im = im.resize((nw, nh), Image.BICUBIC)
+        out[i] = np.asarray(im)[top:top + size, left:left + size]
+    return out
+
+
+def crop_to_multiple(arr: np.ndarray, multiple: int = 16) -> np.ndarray:
+    """Center-crop ``[T, H, W, 3]`` to the largest H, W that are multiples of ``multiple``."""
+    t, h, w, _ = arr.shape
+    nh, nw = h - h % multiple, w - w % multiple
+    if nh == 0 or nw == 0:
+        raise PackError(f"frames of {h}x{w} are smaller than {multiple} pixels")
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return arr[:, top:top + nh, left:left + nw]
+
+
+_PAIR_NAME = re.compile(r"^(?P<name>.+)_(?P<role>input|target)\.(?P<ext>[A-Za-z0-9]+)$")
+
+
+def find_pairs(folder: Path, exts: tuple[str, ...]) -> list[tuple[str, Path, Path]]:
+    """``[(name, input_path, target_path)]`` for ``NAME_input.<ext>`` / ``NAME_target.<ext>`` files, sorted.
+
+    Raises PackError listing every unpaired file (and names with several inputs or targets).
+    """
+    roles: dict[str, dict[str, list[Path]]] = {}
+    for path in sorted(folder.iterdir()):
+        m = _PAIR_NAME.match(path.name)
+        if not path.is_file() or not m or m["ext"].lower() not in exts:
+            continue
+        roles.setdefault(m["name"], {"input": [], "target": []})[m["role"]].append(path)
+    pairs, problems = [], []
+    for name, r in sorted(roles.items()):
+        if len(r["input"]) == 1 and len(r["target"]) == 1:
+            pairs.append((name, r["input"][0], r["target"][0]))
+        elif not r["input"] or not r["target"]:
+            have = r["input"] + r["target"]
+            missing = "target" if r["input"] else "input"
+            problems.append(f"{', '.join(str(p) for p in have)} has no matching {name}_{missing}.*")
+        else:
+            problems.append(f"name {name!r} has several inputs/targets: {[p.name for p in r['input'] + r['target']]}")
+    if problems:
+        raise PackError(f"unpaired files in {folder}:\n  " + "\n  ".join(problems))
+    return pairs
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, UnidentifiedImageError) as err:
+        raise PackError(f"{path}: cannot read image ({err})") from err
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from lavinkit.data.media import decode_image
+
+    try:
+        return decode_image(path.read_bytes()).permute(1, 2, 0).numpy()
+    except ValueError as err:
+        raise PackError(f"{path}: {err}") from err
+
+
+def pack_task_folders(
+    root: str | Path,
+    out_dir: str | Path,
+    *,
+    tasks: list[str] | None = None,
+    size: int | None = None,
+    image_ext: str = "png",
+    prefix: str = "images",
+    maxcount: int = DEFAULT_MAXCOUNT,
+    maxsize: float = DEFAULT_MAXSIZE,
+) -> Path:
+    """Pack ``root/<task>/NAME_input.* + NAME_target.*`` image pairs into shards; returns the index path.
+
+    Args:
+        root: folder with one sub-folder per task (the sub-folder name is the task).
+        tasks: only these task folders (default: all sub-folders holding pairs).
+        size: resize (short side, bicubic) and center-crop every image to ``size x size``; without it,
+            inputs and targets must already be the same size with sides multiples of 16.
+        image_ext: png (lossless), jpg or webp in the shards.
+        prefix, maxcount, maxsize: shard naming and size (see :class:`PairShardWriter`).
+
+    Samples are written round-robin over tasks (so each shard mixes tasks); keys are ``<task>-<NAME>``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PackError(f"task folder root not found: {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if tasks:
+        missing = sorted(set(tasks) - {p.name for p in folders})
+        if missing:
+            raise PackError(f"task folders not found under {root}: {missing}")
+        folders = [p for p in folders if p.name in tasks]
+    per_task = {f.name: find_pairs(f, IMAGE_EXTS) for f in folders}
+    per_task = {t: p for t, p in per_task.items() if p}
+    if not per_task:
+        raise PackError(f"no NAME_input.<ext> / NAME_target.<ext> pairs found under {root}/<task>/")
+    if size is not None and (size <= 0 or size % 16):
+        raise PackError(f"--size must be a positive multiple of 16, got {size}")
+    order = _round_robin({t: [(t, *p) for p in pairs] for t, pairs in per_task.items()})
+    if size is None:
+        bad = []
+        for _, _, in_path, tgt_path in order:
+            (ih, iw), (th, tw) = _image_size(in_path), _image_size(tgt_path)
+            if (ih, iw) != (th, tw) or ih % 16 or iw % 16:
+                bad.append(f"{in_path} {ih}x{iw}, {tgt_path.name} {th}x{tw}")
+        if bad:
+            raise PackError("image pairs whose sizes differ or are not multiples of 16 (pass --size N to "
+                            "resize and crop):\n  " + "\n  ".join(bad))
+    writer = PairShardWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
+    keys: set[str] = set()
+    with writer:
+        for task, name, in_path, tgt_path in order:
+            inp, tgt = _load_image(in_path), _load_image(tgt_path)
+            if size is not None:
+                inp, tgt = square_resize(inp[None], size)[0], square_resize(tgt[None], size)[0]
+            key = sanitize_key(f"{task}-{name}")
+            if key in keys:
+                raise PackError(f"two pairs map to the same key {key!r} (from {in_path}); rename one")
+            keys.add(key)
+            meta = {"source": str(in_path.relative_to(root).with_name(name)), "transform": None}
+            writer.write(make_sample(key, task, inp, tgt, image_ext=image_ext, meta=meta))
+    return write_index(out_dir, writer.shards.values())
+
+
+# ---------------------------------------------------------------------------------------------------- videos
+
+
+def _round_robin(groups: dict[str, list]) -> list:
+    out, lists = [], [list(v) for _, v in sorted(groups.items())]
+    for i in range(max((len(v) for v in lists), default=0)):
+        out += [v[i] for v in lists if i < len(v)]
+    return out
+
+
+def _prepare_video(path: Path, size: int | None) -> np.ndarray:
+    try:
+        frames = read_video_file(path, short_side=size)
+    except ValueError as err:
+        raise PackError(str(err)) from err
+    return square_resize(frames, size) if size is not None else crop_to_multiple(frames)
+
+
+def pack_videos(
+    videos: str | Path,
+    out_dir: str | Path,
+    *,
+    task: str | None = None,
+    transform: str | None = None,
+    frames: int = 17,
+    stride: int | None = None,
+    size: int | None = 64,
+    clip_ext: str = "mp4",
+    seed: int = 0,
+    prefix: str = "videos",
+    maxcount: int = DEFAULT_MAXCOUNT,
+    maxsize: float = DEFAULT_MAXSIZE,
+) -> Path:
+    """Cut videos into clip pairs and pack them; returns the index path.
+
+    Args:
+        videos: folder of video files (mp4, avi, mkv, mov, webm, ...).
+        task: task name stored with each pair (default: the transform name).
+        transform: name in :data:`lavinkit.data.demo.TASKS`: every video is a target source and the
+            input is made by that seeded transform. Without it the folder must hold
+            ``NAME_input.<ext>`` / ``NAME_target.<ext>`` pairs, cut at the same frames.
+        frames: frames per clip, 1 + 4k.
+        stride: frames between clip starts (default ``frames``: non-overlapping).
+        size: resize (short side) and center-crop to ``size x size``; ``None`` keeps the resolution,
+            center-cropped to multiples of 16.
+        clip_ext: mp4 (H.264) or npy (lossless).
+        seed: seed of the transform (each clip gets its own stream from ``(seed, video, window)``).
+    """
+    videos = Path(videos)
+    if not videos.is_dir():
+        raise PackError(f"video folder not found: {videos}")
+    if not is_valid_frames(frames) or frames < 5:
+        raise PackError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
+    if size is not None and (size <= 0 or size % 16):
+        raise PackError(f"--size must be a positive multiple of 16, got {size}")
+    stride = stride or frames
+    if stride < 1:
+        raise PackError(f"--stride must be >= 1, got {stride}")
+    writer = PairShardWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
+    with writer:
+        if transform is not None:
+            from lavinkit.data.demo import TASKS
+
+            if transform not in TASKS:
+                raise PackError(f"unknown --transform {transform!r}; choose from {sorted(TASKS)}")
+            spec = TASKS[transform]
+            task = task or transform
+            files = sorted(p for p in videos.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in VIDEO_FILE_EXTS)
+            if not files:
+                raise PackError(f"no video files ({', '.join(VIDEO_FILE_EXTS)}) in {videos}")
+            need = frames + spec.extra_frames(frames)
+            for vi, path in enumerate(files):
+                clip = _prepare_video(path, size)
+                for wi, start in enumerate(range(0, len(clip) - need + 1, stride)):
+                    rng = np.random.default_rng([seed, vi, wi])
+                    inp, tgt, params = spec.fn(clip[start:start + need], rng)
+                    key = sanitize_key(f"{task}-{path.stem}-{start:06d}")
+                    meta = {"source": f"{path.name}@{start}", "transform": {"name": transform, "seed": [seed, vi, wi],
+                                                                             "params": params}}
+                    writer.write(make_sample(key, task, inp, tgt, clip_ext=clip_ext, meta=meta))
+        else:
+            if not task:
+                raise PackError("paired videos need --task NAME (or give --transform to make inputs)")
+            for name, in_path, tgt_path in find_pairs(videos, VIDEO_FILE_EXTS):
+                inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
+                if inp.shape[1:] != tgt.shape[1:]:
+                    raise PackError(f"{in_path} ({inp.shape[1]}x{inp.shape[2]}) and {tgt_path} "
+                                    f"({tgt.shape[1]}x{tgt.shape[2]}) differ in size; pass --size N")
+                n = min(len(inp), len(tgt))
+                for start in range(0, n - frames + 1, stride):
+                    key = sanitize_key(f"{task}-{name}-{start:06d}")
+                    meta = {"source": f"{name}@{start}", "transform": None}
+                    writer.write(make_sample(key, task, inp[start:start + frames], tgt[start:start + frames],
+                                             clip_ext=clip_ext, meta=meta))
+    if not writer.shards:
+        raise PackError(f"no clip of {frames} frames fits in the videos of {videos} (videos too short?)")
+    return write_index(out_dir, writer.shards.values())
