@@ -1,0 +1,478 @@
+"""JDiTModule: conditional flow matching of the J-DiT on in-context pairs (LightningModule, automatic optimisation).
+
+The module only orchestrates. It is built from injected parts:
+
+* ``dit``: a J-DiT preset name (``lavinkit.models.jdit.JDiTConfig.from_name``) plus ``dit_overrides``, or a
+  ``JDiTConfig``; the network is built in :meth:`configure_model` (so FSDP / meta-device init apply to it);
+* ``vae``: path of ST-VAE weights (``.safetensors`` or a lavinkit ``.ckpt``). The VAE is frozen, in eval mode,
+  without gradients and held OUTSIDE the module tree: it is not trained, not sharded, not deep-copied by EMA and
+  not written to checkpoints (only its path is). Pixel batches are encoded with it on the fly; with latent
+  batches (``batch["latents"]``, from ``lavinkit encode``) it is only used to decode validation samples and may
+  be ``None``;
+* ``objective``: ``lavinkit.flow.FlowMatchingObjective`` (time sampler + MSE/L1 weights);
+* ``optimizer`` / ``lr_scheduler``: callables (``OptimizerCallable`` / ``LRSchedulerCallable``);
+* ``sampler`` / ``guidance``: the validation ODE sampler and classifier-free guidance.
+
+EMA is the shared callback ``lavinkit.lit.callbacks.EMA`` in the recipe's trainer callbacks; it averages
+:meth:`JDiTModule.ema_target` (the J-DiT) and writes its weights to ``checkpoint["lavinkit"]["ema_state_dict"]``,
+so ``JDiT.from_pretrained(ckpt)`` loads them (``use_ema=False``: the raw weights under the ``dit.`` prefix).
+
+Randomness of a training step (context dropout, flow time, noise) comes from generators seeded by
+``(seed, global_step, batch_idx, global_rank)``, so a resumed run draws exactly what the uninterrupted run draws,
+and two runs over the same examples (pixels encoded on the fly vs pre-encoded latents) get the same losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
+from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
+from lavinkit.models.jdit import JDiT, JDiTConfig
+
+__all__ = ["JDiTModule"]
+
+
+class _Frozen:
+    """Holds a frozen model outside the LightningModule's module tree.
+
+    Not an ``nn.Module`` attribute, so it is not moved by ``.to()``, not wrapped or sharded by the strategy, not in
+    ``state_dict()`` and not in ``parameters()``; ``deepcopy`` (EMA's ``AveragedModel``) shares it.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> _Frozen:
+        return self
+
+
+def _plain(value: Any) -> bool:
+    """True for values that ``torch.load(weights_only=True)`` can read back (hparams in checkpoints)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _step_seed(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (splitmix-style, deterministic across processes)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class JDiTModule(LightningModule):
+    """Train a J-DiT with conditional flow matching on in-context batches.
+
+    Args:
+        dit: J-DiT preset name (``"tiny"``, ``"0.1b"``, ``"1b"``, ``"official-3b"``) or a ``JDiTConfig``.
+        dit_overrides: ``JDiTConfig`` field overrides applied to the preset (e.g. ``attention``,
+            ``activation_checkpointing``, ``drop_path``).
+        vae: ST-VAE weights (``.safetensors`` from ``save_pretrained`` or a lavinkit ``.ckpt``); frozen. Needed for
+            pixel batches; with latent batches only for pixel-space validation (``None`` skips it).
+        vae_use_ema: load the VAE's EMA weights when the file has them.
+        init_weights: optional J-DiT weights to start from (initialisation, not resume; resume with
+            ``--ckpt_path``).
+        objective: flow-matching objective (time sampler, loss weights); default: the official logit-normal time
+            and MSE + 0.1 L1.
+        context_dropout: probability of replacing a row's examples by the null context ``[zeros, query]`` (what
+            classifier-free guidance contrasts with at inference).
+        optimizer: optimizer factory for the trainable J-DiT parameters.
+        lr_scheduler: optional scheduler factory; stepped every ``lr_scheduler_interval``.
+        lr_scheduler_interval: ``"step"`` or ``"epoch"``.
+        encode_mode: ``"mean"`` (posterior mean, as ``lavinkit encode --mode mean``) or ``"sample"``.
+        encode_batch_size: images/clips per VAE encoder call.
+        seed: seed of the per-step generators (dropout, time, noise).
+        compile: ``torch.compile`` every J-DiT block.
+        sampler: validation/test ODE sampler (default: Euler on the official 20-point grid).
+        guidance: classifier-free guidance of validation/test sampling (default: scale 1.5, batched).
+        val_samples_per_task: sampled examples per task in each validation epoch (0 disables sampling; the
+            validation flow loss is always computed).
+        test_samples_per_task: sampled examples per task in ``lavinkit test`` (``None``: every test example).
+        sample_seed: seed of the sampling noise (the same examples get the same noise every epoch).
+        log_images: sampled examples per task written to TensorBoard as ``query | prediction | target`` rows.
+    """
+
+    def __init__(
+        self,
+        dit: str | JDiTConfig = "tiny",
+        dit_overrides: dict[str, Any] | None = None,
+        vae: str | None = None,
+        vae_use_ema: bool = True,
+        init_weights: str | None = None,
+        objective: FlowMatchingObjective | None = None,
+        context_dropout: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "step",
+        encode_mode: EncodeMode = "mean",
+        encode_batch_size: int = 16,
+        seed: int = 0,
+        compile: bool = False,
+        sampler: ODESampler | None = None,
+        guidance: ClassifierFreeGuidance | None = None,
+        val_samples_per_task: int = 2,
+        test_samples_per_task: int | None = None,
+        sample_seed: int = 0,
+        log_images: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # keep only what a weights_only checkpoint load can read (the CLI already gives plain dicts)
+        for key in list(self.hparams):
+            value = self.hparams[key]
+            if isinstance(value, JDiTConfig):
+                self.hparams[key] = value.to_dict()
+            elif not _plain(value):
+                del self.hparams[key]
+
+        if isinstance(dit, JDiTConfig):
+            self.dit_config = dataclasses.replace(dit, **(dit_overrides or {})) if dit_overrides else dit
+        else:
+            self.dit_config = JDiTConfig.from_name(dit, **(dit_overrides or {}))
+        if not 0.0 <= context_dropout < 1.0:
+            raise ValueError(f"JDiTModule: context_dropout must be in [0, 1), got {context_dropout}")
+        if encode_mode not in ("mean", "sample"):
+            raise ValueError(f"JDiTModule: encode_mode must be 'mean' or 'sample', got {encode_mode!r}")
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"JDiTModule: lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
+
+        self.dit: JDiT | None = None
+        self.vae_path = str(vae) if vae is not None else None
+        self._vae = _Frozen(self._load_vae(vae, vae_use_ema)) if vae is not None else None
+        self.init_weights = init_weights
+        self.objective = objective if objective is not None else FlowMatchingObjective()
+        self.context_dropout = float(context_dropout)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.encode_mode = encode_mode
+        self.encode_batch_size = int(encode_batch_size)
+        self.seed = int(seed)
+        self.compile_blocks = bool(compile)
+        self.sampler = sampler if sampler is not None else EulerSampler(num_steps=20, grid="official")
+        self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
+        self.val_samples_per_task = int(val_samples_per_task)
+        self.test_samples_per_task = test_samples_per_task
+        self.sample_seed = int(sample_seed)
+        self.log_images = int(log_images)
+        self._scores: dict[str, dict[str, list[float]]] = {}
+        self._seen: dict[str, int] = {}
+        self._images: dict[str, list[Tensor]] = {}
+
+    # ------------------------------------------------------------------ models
+    @staticmethod
+    def _load_vae(path: str, use_ema: bool) -> torch.nn.Module:
+        from lavinkit.models.stvae import STVAE
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"JDiTModule: vae={path!r}: no such ST-VAE weights file")
+        vae = STVAE.from_pretrained(path, use_ema=use_ema)
+        vae.eval().requires_grad_(False)
+        return vae
+
+    @property
+    def vae(self) -> torch.nn.Module | None:
+        """The frozen ST-VAE (on this module's device), or ``None``."""
+        if self._vae is None:
+            return None
+        vae = self._vae.module
+        if next(vae.parameters()).device != self.device:
+            vae.to(self.device)
+        return vae
+
+    def configure_model(self) -> None:
+        """Build the J-DiT once (called by the strategy, possibly inside a meta/sharded init context)."""
+        if self.dit is not None:
+            return
+        dit = JDiT(self.dit_config)
+        if self.init_weights is not None:
+            from lavinkit.models.io import load_pretrained
+
+            kind, _, state = load_pretrained(self.init_weights)
+            if kind != "jdit":
+                raise ValueError(f"JDiTModule: init_weights={self.init_weights!r} holds a {kind!r} model, not a J-DiT")
+            dit.load_state_dict(state, strict=True)
+        if self.compile_blocks:
+            for block in dit.modules():
+                if isinstance(block, dit.block_class):
+                    block.compile()
+        self.dit = dit
+
+    def _require_dit(self) -> JDiT:
+        if self.dit is None:
+            self.configure_model()
+        return self.dit
+
+    def setup(self, stage: str) -> None:
+        vae = self._vae.module if self._vae is not None else None
+        if vae is not None:
+            channels = vae.config.latent_channels
+            if channels != self.dit_config.in_channels:
+                raise ValueError(
+                    f"JDiTModule: the ST-VAE {self.vae_path} makes {channels}-channel latents but the J-DiT expects "
+                    f"in_channels={self.dit_config.in_channels} (set dit_overrides.in_channels or use another vae)"
+                )
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, context_lengths: Tensor | None = None) -> Tensor:
+        """Velocity ``[B, C, Tx, h, w]`` of noisy latents ``x`` at times ``t [B]`` given ``context [B, C, Tc, h, w]``."""
+        return self._require_dit()(x, t, context, context_lengths=context_lengths)
+
+    # ------------------------------------------------------------------ data -> latents
+    def latents(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(context [B, C, (2k+1) t, h, w], x1 [B, C, t, h, w])`` from a pixel or latent batch."""
+        inputs, targets = batch["input"], batch["target"]
+        if inputs.shape != targets.shape:
+            raise ValueError(
+                "context/target mismatch: batch 'input' has shape "
+                f"{tuple(inputs.shape)} but 'target' has {tuple(targets.shape)}; every pair of an in-context batch "
+                "must share channels, frames, height and width"
+            )
+        if inputs.ndim != 6 or inputs.shape[1] < 2:
+            raise ValueError(
+                f"JDiTModule needs in-context batches [B, N, ...] with N = num_context + 1 >= 2 (at least one example "
+                f"pair before the query); got 'input' of shape {tuple(inputs.shape)}"
+            )
+        if batch.get("latents", False):
+            lat_in, lat_tgt = inputs.float(), targets.float()
+        else:
+            vae = self.vae
+            if vae is None:
+                raise ValueError(
+                    "JDiTModule: the batch holds pixels but no ST-VAE was given (set model.vae, or train on latent "
+                    "shards written by `lavinkit encode`)"
+                )
+            lat_in, lat_tgt = encode_pairs(
+                vae, inputs, targets, mode=self.encode_mode, max_batch=self.encode_batch_size,
+                generator=self._generator("encode") if self.encode_mode == "sample" else None,
+            )  # fmt: skip
+        if lat_in.shape[2] != self.dit_config.in_channels:
+            raise ValueError(
+                f"JDiTModule: batch latents have {lat_in.shape[2]} channels but the J-DiT expects "
+                f"in_channels={self.dit_config.in_channels}"
+            )
+        return build_context(lat_in, lat_tgt)
+
+    def _generator(self, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+        batch_idx = getattr(self, "_batch_idx", 0)
+        seed = _step_seed(self.seed, *map(ord, stream), self.global_step, batch_idx, self.global_rank)
+        return torch.Generator(device=device).manual_seed(seed)
+
+    # ------------------------------------------------------------------ training
+    def flow_loss(self, batch: dict[str, Any], *, dropout: float) -> dict[str, Tensor]:
+        """Flow-matching loss terms ``{"loss", "mse", "l1", ...}`` of one in-context batch."""
+        dit = self._require_dit()
+        context, x1 = self.latents(batch)
+        b, t_q = x1.shape[0], x1.shape[2]
+        lengths = None
+        if dropout > 0:
+            drop = torch.rand(b, generator=self._generator("dropout")) < dropout
+            if bool(drop.any()):
+                context, lengths = drop_context(context, t_q, drop)
+        return self.objective(
+            lambda x, t: dit(x, t, context, context_lengths=lengths), x1,
+            generator=self._generator("time"), noise_generator=self._generator("noise", x1.device),
+        )  # fmt: skip
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        self._batch_idx = batch_idx
+        terms = self.flow_loss(batch, dropout=self.context_dropout)
+        b = terms["t"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=b)
+        self.log("train/mse", terms["mse"], batch_size=b)
+        self.log("train/l1", terms["l1"], batch_size=b)
+        self.log("train/num_context", float(batch.get("num_context", 0)), batch_size=b)
+        return terms["loss"]
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer(params)
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval}}
+
+    # ------------------------------------------------------------------ sampling, validation, test
+    @torch.no_grad()
+    def sample(self, context: Tensor, x1_shape: torch.Size, *, generator: torch.Generator | None = None) -> Tensor:
+        """Answer latents ``[B, C, t, h, w]`` for ``context [B, C, Tc, h, w]`` (ODE from noise, with guidance)."""
+        dit = self._require_dit()
+        noise = torch.randn(x1_shape, generator=generator, device="cpu").to(context.device)
+        fn = self.guidance.velocity_fn(
+            lambda x, t, c, lens: dit(x.to(c.dtype), t, c, context_lengths=lens), context, query_frames=x1_shape[2]
+        )
+        return self.sampler(fn, noise).sample
+
+    def _decode(self, z: Tensor) -> Tensor | None:
+        vae = self.vae
+        if vae is None:
+            return None
+        return vae.decode(vae.denormalize_latents(z).to(next(vae.parameters()).dtype)).float().clamp(-1, 1)
+
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str, limit: int | None) -> None:
+        self._batch_idx = batch_idx
+        b = batch["input"].shape[0]
+        if stage == "val":
+            # fixed per-batch generators: the validation loss is comparable between epochs
+            terms = self.flow_loss(batch, dropout=0.0)
+            self.log("val/loss", terms["loss"], batch_size=b, sync_dist=True)
+            self.log("val/mse", terms["mse"], batch_size=b, sync_dist=True)
+            self.log("val/l1", terms["l1"], batch_size=b, sync_dist=True)
+        tasks = list(batch["task"])
+        rows = []
+        for i, task in enumerate(tasks):
+            if limit is None or self._seen.get(task, 0) < limit:
+                self._seen[task] = self._seen.get(task, 0) + 1
+                rows.append(i)
+        if not rows:
+            return
+        sub = {k: (v[rows] if isinstance(v, Tensor) else v) for k, v in batch.items()}
+        context, x1 = self.latents(sub)
+        keys = batch.get("keys")
+        seeds = [_step_seed(self.sample_seed, *map(ord, str(keys[i][-1] if keys else f"{batch_idx}-{i}"))) for i in rows]
+        noise_gen = torch.Generator().manual_seed(seeds[0] if len(seeds) == 1 else _step_seed(*seeds))
+        pred = self.sample(context, x1.shape, generator=noise_gen)  # [b, C, t, h, w]
+        pred_px = self._decode(pred)
+        if pred_px is None:
+            for j, i in enumerate(rows):
+                err = (pred[j] - x1[j]).square().mean().item()
+                self._scores.setdefault(tasks[i], defaultdict(list))["latent_mse"].append(err)
+            return
+        if sub.get("latents", False):
+            target_px = self._decode(x1)  # the VAE's reconstruction stands in for the unseen pixels
+            query_px = self._decode(context[:, :, -x1.shape[2] :])
+        else:
+            target_px = sub["target"][:, -1].float()
+            query_px = sub["input"][:, -1].float()
+        self._score(pred_px, target_px, [tasks[i] for i in rows])
+        for j, i in enumerate(rows):
+            shown = self._images.setdefault(tasks[i], [])
+            if len(shown) < self.log_images:
+                shown.append(torch.stack([query_px[j, :, 0], pred_px[j, :, 0], target_px[j, :, 0]]).cpu())
+
+    def _score(self, pred: Tensor, target: Tensor, tasks: list[str]) -> None:
+        """Per-sample PSNR / SSIM in pixel space (``[b, 3, T, H, W]`` in [-1, 1]; frames scored as images)."""
+        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+        p = ((pred + 1) / 2).clamp(0, 1)
+        g = ((target.to(pred.device) + 1) / 2).clamp(0, 1)
+        for j, task in enumerate(tasks):
+            frames_p = p[j].permute(1, 0, 2, 3)  # [T, 3, H, W]
+            frames_g = g[j].permute(1, 0, 2, 3)
+            psnr = peak_signal_noise_ratio(frames_p, frames_g, data_range=1.0).item()
+            kernel = min(11, frames_p.shape[-1], frames_p.shape[-2])
+            kernel -= 1 - kernel % 2  # odd
+            ssim = structural_similarity_index_measure(frames_p, frames_g, data_range=1.0, kernel_size=kernel).item()
+            scores = self._scores.setdefault(task, defaultdict(list))
+            scores["psnr"].append(psnr)
+            scores["ssim"].append(ssim)
+
+    def _reset_eval(self) -> None:
+        self._scores, self._seen, self._images = {}, {}, {}
+
+    def _reduce_scores(self) -> dict[str, dict[str, float]]:
+        """Per-task means over all ranks: ``{task: {metric: mean, "count": n}}``."""
+        local = {t: {m: (sum(v), len(v)) for m, v in ms.items()} for t, ms in self._scores.items()}
+        gathered = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, local)
+        totals: dict[str, dict[str, list[float]]] = {}
+        for part in gathered:
+            for task, metrics in part.items():
+                for m, (s, n) in metrics.items():
+                    acc = totals.setdefault(task, {}).setdefault(m, [0.0, 0])
+                    acc[0] += s
+                    acc[1] += n
+        return {
+            task: {**{m: s / max(n, 1) for m, (s, n) in ms.items()}, "count": max(n for _, n in ms.values())}
+            for task, ms in sorted(totals.items())
+        }
+
+    def _log_scores(self, stage: str) -> dict[str, dict[str, float]]:
+        table = self._reduce_scores()
+        for task, metrics in table.items():
+            for m, value in metrics.items():
+                if m != "count":
+                    self.log(f"{stage}/{task}/{m}", float(value), rank_zero_only=True)
+        for m in ("psnr", "ssim", "latent_mse"):
+            values = [ms[m] for ms in table.values() if m in ms]
+            if values:
+                self.log(f"{stage}/{m}", float(sum(values) / len(values)), rank_zero_only=True)
+        return table
+
+    def _log_images(self, stage: str) -> None:
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None) if logger is not None else None
+        if experiment is None or not hasattr(experiment, "add_image") or not self._images:
+            return
+        from torchvision.utils import make_grid
+
+        for task, rows in sorted(self._images.items()):
+            tiles = torch.cat(rows, dim=0)  # [3 n, 3, H, W]: query | prediction | target per row
+            grid = make_grid(((tiles + 1) / 2).clamp(0, 1), nrow=3, padding=2)
+            experiment.add_image(f"{stage}/{task}", grid, global_step=self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val", self.val_samples_per_task)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+        if self.global_rank == 0:
+            self._log_images("val")
+        self._reset_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test", self.test_samples_per_task)
+
+    def on_test_epoch_end(self) -> None:
+        table = self._log_scores("test")
+        if self.global_rank == 0:
+            self._log_images("test")
+            rank_zero_info(format_table(table))
+        self._reset_eval()
+
+    # ------------------------------------------------------------------ checkpoints
+    def ema_target(self) -> torch.nn.Module:
+        """The module averaged by ``lavinkit.lit.callbacks.EMA``: the J-DiT (never the frozen VAE)."""
+        return self._require_dit()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add ``checkpoint["lavinkit"]``: kind, J-DiT config, prefix, the VAE path and (from the EMA callback,
+        whose hook runs first) the EMA weights."""
+        block = checkpoint.setdefault("lavinkit", {})
+        block.update(kind="jdit", config=self.dit_config.to_dict(), prefix="dit.", vae=self.vae_path)
+        block.setdefault("ema_state_dict", None)
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    """Per-task metrics as a fixed-width text table."""
+    metrics = sorted({m for ms in table.values() for m in ms if m != "count"})
+    head = f"{'task':<24} {'n':>5} " + " ".join(f"{m:>10}" for m in metrics)
+    lines = [head, "-" * len(head)]
+    for task, ms in table.items():
+        cells = " ".join(f"{ms[m]:>10.4f}" if m in ms and math.isfinite(ms[m]) else f"{'-':>10}" for m in metrics)
+        lines.append(f"{task:<24} {int(ms.get('count', 0)):>5} {cells}")
+    return "\n".join(lines)
