@@ -1,0 +1,366 @@
+"""STVAEModule: ST-VAE training (reconstruction + KL [+ perceptual] [+ GAN]) as a LightningModule.
+
+The module only orchestrates injected parts:
+
+* ``vae``: a preset name (``STVAEConfig.from_name``) plus ``vae_overrides``, or an ``STVAEConfig``;
+* loss components from ``lavinkit.losses``: ``reconstruction``, ``kl``, optional ``perceptual`` and
+  ``adversarial`` (which owns the discriminator, the warm-up ``disc_start`` and the adaptive weight);
+* ``optimizer`` / ``disc_optimizer`` (``OptimizerCallable``) and optional schedulers (``LRSchedulerCallable``,
+  stepped once per optimisation step of their optimizer).
+
+Training uses manual optimisation with two optimizers and ONE backward per step: the generator's adversarial
+term sees the discriminator with detached parameters and the discriminator loss sees the reconstruction
+detached, so ``backward(generator loss + discriminator loss)`` gives each model exactly its own gradient.
+``trainer.global_step`` counts generator updates (one per batch that was not skipped); the discriminator's
+``step()`` is kept out of Lightning's step count, so ``max_steps``, ``disc_start`` and EMA schedules mean the
+same before and after the discriminator switches on.
+
+Stage 1 trains on image pairs, stage 2 on images + clips (a mixture DataModule; every batch is one
+modality). Both the input and the target frames of every pair are training examples. Stage 2 starts from
+stage-1 weights with ``init_from`` (weights only: fresh optimizers, fresh discriminator), which is not the
+same as resuming a run with ``--ckpt_path``.
+
+Reliability: a non-finite loss (or gradient norm) on ANY rank skips the step on all ranks together (the
+flag is all-reduced) and is counted in ``train/skipped_nonfinite``. Under DDP every trainable parameter is
+tied into the loss with a zero weight, so parameters a step does not use (the discriminator before
+``disc_start``, the 3-D discriminator on image batches) never raise unused-parameter errors. DeepSpeed
+(one optimizer) and Lightning's FSDP (no manual optimisation) are rejected at setup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lavinkit.lit.utils import check_manual_optimization_strategy, step_generator
+from lavinkit.losses import AdversarialLoss, KLLoss, PerceptualLoss, ReconstructionLoss, total
+from lavinkit.models.io import LAVINKIT_KEY
+from lavinkit.models.stvae import STVAE, STVAEConfig
+
+KIND, PREFIX = "stvae", "vae."
+
+
+def _noop() -> None:
+    return None
+
+
+class STVAEModule(pl.LightningModule):
+    """Train an :class:`~lavinkit.models.stvae.STVAE` on pixel pair batches.
+
+    Args:
+        vae: preset name (``"tiny"``, ``"small"``, ``"official"``) or an ``STVAEConfig``.
+        reconstruction: pixel loss (terms ``rec_l1`` / ``rec_l2``).
+        kl: KL loss (term ``kl``).
+        perceptual: optional perceptual loss (term ``perceptual``); its backbone is frozen and not saved.
+        adversarial: optional GAN loss holding the discriminator (terms ``g_adv``, ``d_loss``).
+        optimizer: optimizer of the VAE parameters.
+        disc_optimizer: optimizer of the discriminator parameters (used when ``adversarial`` is set).
+        scheduler / disc_scheduler: optional LR schedulers of the two optimizers (stepped per optimizer step).
+        vae_overrides: config fields overriding the preset (e.g. ``{"causal_norm": true}``).
+        init_from: initialise the VAE weights (only) from a lavinkit ``.ckpt`` or a ``.safetensors`` weights
+            file at setup; a missing file is an error naming it. Use ``--ckpt_path`` to resume instead.
+        init_use_ema: take the EMA weights from ``init_from`` when it has them.
+        sample_posterior: decode a posterior sample in training (the mean when ``False``); validation always
+            decodes the mean.
+        grad_clip_norm: clip the VAE's and the discriminator's gradient norms (``None``: no clipping; the norms
+            are still checked for finiteness).
+        gradient_checkpointing: recompute the VAE's resnet blocks in backward (``None``: the config's value).
+        seed: seeds the posterior sampling per (step, batch, rank), so resumed runs draw what uninterrupted
+            runs draw.
+        val_media_batches: validation batches whose inputs and reconstructions are returned for
+            ``lavinkit.lit.callbacks.MediaLogger``.
+    """
+
+    def __init__(
+        self,
+        vae: str | STVAEConfig,
+        reconstruction: ReconstructionLoss,
+        kl: KLLoss,
+        perceptual: PerceptualLoss | None = None,
+        adversarial: AdversarialLoss | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        disc_optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        disc_scheduler: LRSchedulerCallable | None = None,
+        vae_overrides: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        init_use_ema: bool = True,
+        sample_posterior: bool = True,
+        grad_clip_norm: float | None = 1.0,
+        gradient_checkpointing: bool | None = None,
+        seed: int = 0,
+        val_media_batches: int = 1,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        if isinstance(vae, str):
+            config = STVAEConfig.from_name(vae, **(vae_overrides or {}))
+        elif isinstance(vae, STVAEConfig):
+            config = dataclasses.replace(vae, **(vae_overrides or {}))
+        else:
+            raise TypeError(f"STVAEModule: vae must be a preset name or an STVAEConfig, got {type(vae).__name__}")
+        if gradient_checkpointing is not None:
+            config = dataclasses.replace(config, gradient_checkpointing=gradient_checkpointing)
+        if grad_clip_norm is not None and grad_clip_norm <= 0:
+            raise ValueError(f"STVAEModule: grad_clip_norm={grad_clip_norm} must be > 0 or None")
+        self.vae = STVAE(config)
+        self.reconstruction = reconstruction
+        self.kl = kl
+        self.perceptual = perceptual
+        self.adversarial = adversarial
+        self.optimizer = optimizer
+        self.disc_optimizer = disc_optimizer
+        self.scheduler = scheduler
+        self.disc_scheduler = disc_scheduler
+        self.init_from = init_from
+        self.init_use_ema = init_use_ema
+        self.sample_posterior = sample_posterior
+        self.grad_clip_norm = grad_clip_norm
+        self.seed = seed
+        self.val_media_batches = val_media_batches
+        self._initialised_from: str | None = None
+        # persistent counter (resumes with the run)
+        self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
+        # plain-type hyperparameters only: checkpoints must load with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            {
+                "vae_config": config.to_dict(),
+                "init_from": init_from,
+                "sample_posterior": sample_posterior,
+                "grad_clip_norm": grad_clip_norm,
+                "seed": seed,
+            }
+        )
+
+    # ------------------------------------------------------------------ setup
+    def ema_target(self) -> nn.Module:
+        """The module ``lavinkit.lit.callbacks.EMA`` averages."""
+        return self.vae
+
+    def setup(self, stage: str) -> None:
+        check_manual_optimization_strategy(self.trainer, type(self).__name__)
+        if stage == "fit" and self.init_from and self._initialised_from != self.init_from:
+            self.load_vae_weights(self.init_from, use_ema=self.init_use_ema)
+
+    def load_vae_weights(self, path: str | Path, use_ema: bool = True) -> None:
+        """Load VAE weights (strict) from a lavinkit ``.ckpt`` or ``.safetensors`` file (``init_from``)."""
+        from lavinkit.models.io import load_pretrained
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"STVAEModule: init_from={str(path)!r} does not exist (weights-only initialisation, e.g. the stage-1 "
+                "checkpoint for stage 2; to resume an interrupted run pass --ckpt_path instead)"
+            )
+        kind, _config, state = load_pretrained(path, use_ema=use_ema)
+        if kind != KIND:
+            raise ValueError(f"STVAEModule: init_from={str(path)!r} holds a {kind!r} model, not an ST-VAE")
+        missing, unexpected = self.vae.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"STVAEModule: init_from={str(path)!r} does not match the configured VAE: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        self._initialised_from = str(path)
+
+    def configure_optimizers(self):
+        opts = [self.optimizer(self.vae.parameters())]
+        if self.adversarial is not None:
+            opts.append(self.disc_optimizer(self.adversarial.discriminator.parameters()))
+        scheds = []
+        for opt, make in zip(opts, (self.scheduler, self.disc_scheduler)):
+            if make is not None:
+                scheds.append({"scheduler": make(opt), "interval": "step"})
+        return opts, scheds
+
+    # ------------------------------------------------------------------ batches
+    @staticmethod
+    def clips(batch: dict[str, Any]) -> Tensor:
+        """Training examples of a pair batch: ``input`` and ``target`` ``[B, N, 3, T, H, W]`` ->
+        ``[B * 2N, 3, T, H, W]`` (both sides of every pair)."""
+        if batch.get("latents"):
+            raise ValueError(
+                "STVAEModule trains on pixels but got a latent batch; use an image/video/mixture pair DataModule"
+            )
+        x = torch.cat([batch["input"], batch["target"]], dim=1)  # [B, 2N, 3, T, H, W]
+        return x.flatten(0, 1)
+
+    def _optimizers(self):
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        g_opt = opts[0]
+        d_opt = opts[1] if len(opts) > 1 else None
+        scheds = self.lr_schedulers()
+        scheds = [] if scheds is None else (scheds if isinstance(scheds, list) else [scheds])
+        g_sched = next((s for s in scheds if s.optimizer is g_opt.optimizer), None)
+        d_sched = next((s for s in scheds if d_opt is not None and s.optimizer is d_opt.optimizer), None)
+        return g_opt, d_opt, g_sched, d_sched
+
+    # ------------------------------------------------------------------ losses
+    def compute_losses(
+        self, x: Tensor, step: int, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """All loss terms of one batch of examples ``x`` ``[M, 3, T, H, W]``.
+
+        Returns:
+            ``(generator_terms, discriminator_terms, stats, x_hat)`` — weighted scalar terms (their sums are
+            the two losses), extra scalars for logging and the reconstruction.
+        """
+        x_hat, posterior = self.vae(x, sample_posterior=self.sample_posterior, generator=generator)
+        g_terms = dict(self.reconstruction(x_hat, x))
+        if self.perceptual is not None:
+            g_terms.update(self.perceptual(x_hat, x))
+        rec_loss = total(g_terms)
+        g_terms.update(self.kl(posterior))
+        stats: dict[str, Tensor] = {}
+        d_terms: dict[str, Tensor] = {}
+        if self.adversarial is not None and self.adversarial.active(step):
+            adv_terms, adv_stats = self.adversarial.generator_terms(x_hat, rec_loss, self.vae.last_decoder_weight, step)
+            g_terms.update(adv_terms)
+            stats.update(adv_stats)
+            d_terms, d_stats = self.adversarial.discriminator_terms(x, x_hat, step)
+            stats.update(d_stats)
+        return g_terms, d_terms, stats, x_hat
+
+    def _all_ranks_any(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank (the same answer everywhere)."""
+        t = torch.tensor(float(flag), device=self.device)
+        if self.trainer.world_size > 1:
+            t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        return bool(t.item() > 0)
+
+    def _tie_all_parameters(self, loss: Tensor) -> Tensor:
+        # DDP (find_unused_parameters=False) needs a gradient for every trainable parameter in every backward;
+        # a zero-weighted term reaches the ones this step does not use (and adds nothing elsewhere).
+        tie = sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
+        return loss + 0.0 * tie
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        x = self.clips(batch)
+        g_opt, d_opt, g_sched, d_sched = self._optimizers()
+        step = self.global_step
+        g_terms, d_terms, stats, _ = self.compute_losses(x, step, step_generator(self.seed, step, batch_idx,
+                                                                               self.global_rank, self.device))
+        g_loss = total(g_terms)
+        loss = g_loss + total(d_terms) if d_terms else g_loss
+        if self.trainer.world_size > 1:
+            loss = self._tie_all_parameters(loss)
+
+        skip = self._all_ranks_any(not bool(torch.isfinite(loss.detach()).item()))
+        if not skip:
+            g_opt.zero_grad(set_to_none=True)
+            if d_opt is not None:
+                d_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            norms = self._clip(d_opt is not None and bool(d_terms))
+            # gradients are identical on all ranks after DDP's all-reduce: the same decision everywhere
+            skip = not all(bool(torch.isfinite(n).item()) for n in norms.values())
+            stats.update({f"grad_norm_{k}": v for k, v in norms.items()})
+        if skip:
+            g_opt.zero_grad(set_to_none=True)
+            if d_opt is not None:
+                d_opt.zero_grad(set_to_none=True)
+            self.skipped_nonfinite += 1
+        else:
+            g_opt.step()
+            if g_sched is not None:
+                g_sched.step()
+            if d_opt is not None and d_terms:
+                self._step_uncounted(d_opt)
+                if d_sched is not None:
+                    d_sched.step()
+        self._log_train(g_terms, d_terms, stats, g_loss, x, skip)
+
+    def _clip(self, with_disc: bool) -> dict[str, Tensor]:
+        norms = {"vae": self._clip_params(self.vae.parameters())}
+        if with_disc:
+            norms["disc"] = self._clip_params(self.adversarial.discriminator.parameters())
+        return norms
+
+    def _clip_params(self, params) -> Tensor:
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.device)
+        max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else float("inf")
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    @staticmethod
+    def _step_uncounted(opt) -> None:
+        # Lightning counts every optimizer.step() in manual optimisation as a global step (through these two
+        # hooks of LightningOptimizer, re-set before every batch); the discriminator's step is not counted.
+        before, after = opt._on_before_step, opt._on_after_step
+        opt._on_before_step = opt._on_after_step = _noop
+        try:
+            opt.step()
+        finally:
+            opt._on_before_step, opt._on_after_step = before, after
+
+    def _log_train(self, g_terms, d_terms, stats, g_loss, x, skipped: bool) -> None:
+        logs = {f"train/{k}": v.detach().float() for k, v in {**g_terms, **d_terms, **stats}.items()}
+        logs["train/g_loss"] = g_loss.detach().float()
+        if d_terms:
+            logs["train/d_total"] = total(d_terms).detach().float()
+        if not skipped:  # a skipped step's (non-finite) values would poison epoch means
+            self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("train/loss", g_loss.detach().float() if not skipped else torch.zeros((), device=self.device),
+                 prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log("train/skipped_nonfinite", self.skipped_nonfinite.float(), on_step=True, on_epoch=False,
+                 batch_size=x.shape[0])
+        self.log("train/frames", float(x.shape[2]), on_step=True, on_epoch=False, batch_size=x.shape[0])
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+        # built lazily (not in __init__): metric states would otherwise join the checkpointed state dict
+        if not hasattr(self, "_val_metrics"):
+            self._val_metrics = {
+                "psnr": PeakSignalNoiseRatio(data_range=1.0),
+                "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+            }
+        for m in self._val_metrics.values():
+            m.to(self.device).reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
+        x = self.clips(batch)
+        posterior = self.vae.encode(x)
+        x_hat = self.vae.decode(posterior.mode()).clamp(-1, 1)
+        terms = dict(self.reconstruction(x_hat, x))
+        terms.update(self.kl(posterior))
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        # metrics on [0, 1] frames: [M, 3, T, H, W] -> [M*T, 3, H, W]
+        frames = ((x.float() + 1) / 2).transpose(1, 2).flatten(0, 1)
+        frames_hat = ((x_hat.float() + 1) / 2).transpose(1, 2).flatten(0, 1)
+        for name, metric in self._val_metrics.items():
+            metric.update(frames_hat, frames)
+        if batch_idx < self.val_media_batches:
+            return {"media": {"reconstruction": [x, x_hat]}}
+        return None
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in self._val_metrics.items():
+            self.log(f"val/{name}", metric.compute(), prog_bar=name == "psnr", sync_dist=False)
+            metric.reset()
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add ``checkpoint["lavinkit"]`` (kind, VAE config, prefix; the EMA callback fills ``ema_state_dict``)."""
+        block = checkpoint.setdefault(LAVINKIT_KEY, {})
+        block.update({"kind": KIND, "config": self.vae.config.to_dict(), "prefix": PREFIX})
+        block.setdefault("ema_state_dict", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        block = checkpoint.get(LAVINKIT_KEY)
+        if block is not None and block.get("kind") != KIND:
+            raise ValueError(
+                f"STVAEModule: cannot resume from a {block.get('kind')!r} checkpoint (expected an ST-VAE run)"
+            )
+
+
+__all__ = ["STVAEModule"]
