@@ -66,7 +66,7 @@ class TaskGrouper:
         self,
         pairs: Iterator[RawPair],
         *,
-        starve_limit: int = 256,
+        starve_limit: int = 64,
         task_weights: Mapping[str, float] | None = None,
         rng: random.Random | None = None,
     ):

@@ -477,7 +477,7 @@ class PairStream(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 1000,
         task_weights: dict[str, float] | None = None,
         max_skipped: int | None = 100,
-        starve_limit: int = 256,
+        starve_limit: int = 64,
     ):
         super().__init__()
         if train and (num_batches is None or num_batches < 1):
