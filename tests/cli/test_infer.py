@@ -1,0 +1,137 @@
+"""``lavinkit infer`` end to end on CPU with tiny random models and a synthetic task folder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lavinkit.cli import main as cli_main
+from lavinkit.commands.infer import find_pairs, main, parse_size
+from lavinkit.data import media
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from lavinkit.models.jdit import JDiT, JDiTConfig
+    from lavinkit.models.stvae import STVAE, STVAEConfig
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    STVAE(STVAEConfig.from_name("tiny", latent_channels=8)).save_pretrained(root / "vae.safetensors")
+    dit = JDiT(JDiTConfig.from_name("tiny", in_channels=8))
+    dit.init_weights()
+    dit.save_pretrained(root / "dit.safetensors")
+    return root / "vae.safetensors", root / "dit.safetensors"
+
+
+def _png(path, rng, size=(24, 40)):
+    path.write_bytes(media.encode_image(rng.integers(0, 256, (*size, 3), dtype=np.uint8), "png"))
+
+
+@pytest.fixture
+def task(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "task"
+    folder.mkdir()
+    for i in range(4):
+        _png(folder / f"ex{i}_input.png", rng)
+        _png(folder / f"ex{i}_target.png", rng)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    _png(queries / "a.png", rng)
+    _png(queries / "b.jpg", rng, size=(30, 30))
+    return folder, queries
+
+
+def _args(models, task, out, *extra):
+    vae, dit = models
+    folder, queries = task
+    return ["--vae", str(vae), "--dit", str(dit), "--task-folder", str(folder), "--query", str(queries),
+            "--out", str(out), "--size", "32x32", "--steps", "4", "--grid", "uniform", "--num-pairs", "2", *extra]
+
+
+def test_batch_mode_outputs_and_logged_pairs(models, task, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["infer", *_args(models, task, out, "--seed", "7")]) == 0
+    printed = capsys.readouterr().out
+    for stem, seed in (("a", 7), ("b", 8)):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["seed"] == seed and len(record["pairs"]) == len(set(record["pairs"])) == 2
+        assert str(record["pairs"]) in printed and record["nfe"] == 3
+        result = media.decode_image((out / f"{stem}_result.png").read_bytes())
+        grid = media.decode_image((out / f"{stem}_grid.png").read_bytes())
+        assert result.shape == (3, 32, 32) and grid.shape == (3, 32, 32 * 6)  # query | 2 pairs | result
+    # the same seed gives the same pairs and pixels
+    again = tmp_path / "again"
+    args = _args(models, task, again, "--seed", "7")
+    args[args.index("--query") + 1] = str(task[1] / "a.png")
+    assert main(args) == 0
+    assert json.loads((again / "a.json").read_text())["pairs"] == json.loads((out / "a.json").read_text())["pairs"]
+    assert (again / "a_result.png").read_bytes() == (out / "a_result.png").read_bytes()
+
+
+def test_pairs_drawn_without_replacement_and_query_excluded(models, task, tmp_path):
+    folder, _ = task
+    out = tmp_path / "out"
+    args = _args(models, task, out, "--num-pairs", "3")
+    args[args.index("--query") + 1] = str(folder / "ex0_input.png")
+    assert main(args) == 0
+    pairs = json.loads((out / "ex0_input.json").read_text())["pairs"]
+    assert sorted(pairs) == ["ex1", "ex2", "ex3"]  # all others, each once, never the query's own pair
+
+
+def test_video_query_writes_mp4(models, task, tmp_path):
+    folder, _ = task
+    clip = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "clip.npy").write_bytes(media.encode_npy(clip))
+    out = tmp_path / "out"
+    args = _args(models, task, out, "--num-pairs", "1")
+    args[args.index("--query") + 1] = str(tmp_path / "clip.npy")
+    assert main(args) == 0
+    record = json.loads((out / "clip.json").read_text())
+    assert record["frames"] == 5  # cut to 1 + 4k
+    frames = media.decode_mp4((out / "clip_result.mp4").read_bytes())
+    assert frames.shape == (5, 32, 32, 3)
+    assert media.decode_mp4((out / "clip_grid.mp4").read_bytes()).shape == (5, 32, 32 * 4, 3)
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--num-pairs", "9"), "--num-pairs 9 requested but only 4 pairs"),
+    (("--size", "30x32"), "multiples of 16"),
+    (("--steps", "25", "--grid", "official"), "--steps 25"),
+    (("--vae", "nowhere.safetensors"), "--vae nowhere.safetensors: no such file"),
+    (("--query", "nowhere.png"), "--query nowhere.png"),
+    (("--dtype", "float16", "--vae", "BF16"), "bfloat16"),
+])  # fmt: skip
+def test_errors_name_the_option(models, task, tmp_path, capsys, change, message):
+    args = _args(models, task, tmp_path / "out")
+    change = list(change)
+    if "BF16" in change:  # fp16 requested for bf16-stored weights
+        from lavinkit.models.stvae import STVAE
+
+        bf16 = tmp_path / "vae_bf16.safetensors"
+        STVAE.from_pretrained(models[0]).to(torch.bfloat16).save_pretrained(bf16)
+        change[change.index("BF16")] = str(bf16)
+    for key, value in zip(change[::2], change[1::2]):
+        if key in args:
+            args[args.index(key) + 1] = value
+        else:
+            args += [key, value]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unpaired_names_listed(task, tmp_path):
+    folder, _ = task
+    (folder / "ex1_target.png").unlink()
+    _png(folder / "lonely_target.png", np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\['ex1_input.png', 'lonely_target.png'\]"):
+        find_pairs(folder)
+
+
+def test_parse_size_and_help(capsys):
+    assert parse_size("48x32") == (48, 32) and parse_size("64") == (64, 64)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--task-folder" in capsys.readouterr().out
