@@ -21,7 +21,13 @@ from lavinkit.flow.grids import (
     shifted_grid,
     uniform_grid,
 )
-from lavinkit.flow.guidance import ClassifierFreeGuidance, build_cfg_batch, guided_velocity, null_context, pad_context
+from lavinkit.flow.guidance import (
+    ClassifierFreeGuidance,
+    build_cfg_batch,
+    guided_velocity,
+    null_context,
+    pad_context,
+)
 from lavinkit.flow.objective import FlowMatchingObjective, FlowSample, velocity_loss
 from lavinkit.flow.path import (
     broadcast_time,
@@ -45,7 +51,12 @@ from lavinkit.flow.samplers import (
     get_sampler,
     heun_sample,
 )
-from lavinkit.flow.time_samplers import LogitNormalTimeSampler, ShiftedTimeSampler, TimeSampler, UniformTimeSampler
+from lavinkit.flow.time_samplers import (
+    LogitNormalTimeSampler,
+    ShiftedTimeSampler,
+    TimeSampler,
+    UniformTimeSampler,
+)
 
 __all__ = [
     "GRIDS", "OFFICIAL_GRIDS", "OfficialGrid", "ShiftedGrid", "TimeGrid", "UniformGrid", "get_grid", "official_grid",
