@@ -88,7 +88,7 @@ def decode_image(data: bytes) -> torch.Tensor:
 def encode_image(arr: np.ndarray, ext: str = "png", *, quality: int = 95) -> bytes:
     """Encode an RGB ``uint8`` array ``[H, W, 3]`` as ``ext`` (png, jpg/jpeg or webp).
 
-    PNG is lossless (compress level 6, deterministic); jpg/webp use ``quality``.
+    PNG is lossless (zlib level 1: ~2x faster to write than 6 for ~10 % more bytes); jpg/webp use ``quality``.
     """
     from PIL import Image
 
@@ -99,7 +99,7 @@ def encode_image(arr: np.ndarray, ext: str = "png", *, quality: int = 95) -> byt
     buf = io.BytesIO()
     im = Image.fromarray(arr)
     if ext == "png":
-        im.save(buf, "PNG", compress_level=6)
+        im.save(buf, "PNG", compress_level=1)
     elif ext == "webp":
         im.save(buf, "WEBP", quality=quality, method=4)
     else:
@@ -116,7 +116,9 @@ def decode_mp4(data: bytes) -> np.ndarray:
     reformat = _reformatter().reformat
     try:
         with av.open(io.BytesIO(data)) as container:
-            frames = [reformat(f, format="rgb24").to_ndarray() for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # short clips: decoder threads cost more than they save
+            frames = [reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise ValueError(f"cannot decode video ({err})") from err
     if not frames:

@@ -187,7 +187,7 @@ def shape_problems(inp: torch.Tensor, tgt: torch.Tensor, *, check_shape: bool = 
     return problems
 
 
-def _decode_member(sample: dict, name: str, url: str | None, key: str) -> torch.Tensor:
+def decode_member(sample: dict, name: str, url: str | None, key: str) -> torch.Tensor:
     value = sample[name]
     ext = name.split(".", 1)[1].lower()
     if isinstance(value, np.ndarray):  # an upstream .decode() already turned .npy into an array
@@ -257,8 +257,8 @@ def decode_pair(sample: dict, *, check_shape: bool = True) -> dict:
             raise SampleError(f"more than one {member} member: {sorted(found[member])}", url=url, key=key,
                               kind="duplicate-member")
     meta = parse_meta(sample, url, key)
-    inp = _decode_member(sample, found["input"][0], url, key)
-    tgt = _decode_member(sample, found["target"][0], url, key)
+    inp = decode_member(sample, found["input"][0], url, key)
+    tgt = decode_member(sample, found["target"][0], url, key)
     problems = shape_problems(inp, tgt, check_shape=check_shape)
     if problems:
         raise SampleError("; ".join(msg for _, msg in problems), url=url, key=key, kind=problems[0][0])
