@@ -175,10 +175,16 @@ def _write(path_stem: Path, frames: np.ndarray, fps: int) -> Path:
 
 
 def _checkpoint_vae(checkpoint: Path) -> str:
+    """The ST-VAE path a JDiTModule checkpoint records (``checkpoint["lavinkit"]["vae"]`` or ``hparams.vae``)."""
+    if not checkpoint.is_file():
+        raise InferError(f"--checkpoint {checkpoint}: no such file")
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    vae = (ckpt.get("hyper_parameters") or {}).get("vae") if isinstance(ckpt, dict) else None
+    vae = None
+    if isinstance(ckpt, dict):
+        vae = (ckpt.get("lavinkit") or {}).get("vae") or (ckpt.get("hyper_parameters") or {}).get("vae")
     if not vae:
-        raise InferError(f"--checkpoint {checkpoint}: records no ST-VAE path (hyper_parameters.vae); pass --vae")
+        raise InferError(f"--checkpoint {checkpoint}: records no ST-VAE path (lavinkit.vae / hyper_parameters.vae); "
+                         "pass --vae")
     return str(vae)
 
 

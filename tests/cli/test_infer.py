@@ -135,3 +135,24 @@ def test_parse_size_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--task-folder" in capsys.readouterr().out
+
+
+def test_checkpoint_brings_dit_and_recorded_vae(models, task, tmp_path):
+    from lavinkit.models.jdit import JDiT
+
+    vae, dit_file = models
+    dit = JDiT.from_pretrained(dit_file)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"dit.{k}": v for k, v in dit.state_dict().items()},
+                "lavinkit": {"kind": "jdit", "config": dit.config.to_dict(), "prefix": "dit.", "vae": str(vae),
+                             "ema_state_dict": None}}, ckpt)  # fmt: skip
+    out = tmp_path / "out"
+    args = _args(models, task, out, "--num-pairs", "1", "--checkpoint", str(ckpt))
+    for key in ("--vae", "--dit"):
+        i = args.index(key)
+        del args[i : i + 2]
+    args[args.index("--query") + 1] = str(task[1] / "a.png")
+    assert main(args) == 0
+    record = json.loads((out / "a.json").read_text())
+    assert record["vae"] == str(vae) and record["dit"] == str(ckpt)
+    assert main([*args, "--dit", str(dit_file)]) == 2  # --checkpoint and --dit are exclusive
