@@ -79,8 +79,12 @@ class StreamLoader(DataLoader):
     an epoch's iterator is created, counts delivered batches, and turns worker-side bad-sample reports
     into counts (or a clean :class:`DataStreamError`) in the main process."""
 
-    def __init__(self, dataset: PairStream, owner: _PairDataModule, *, position: _Position | None, **kwargs: Any):
-        super().__init__(dataset, batch_size=None, worker_init_fn=worker_init, persistent_workers=False, **kwargs)
+    def __init__(
+        self, dataset: PairStream, owner: _PairDataModule, *, position: _Position | None, **kwargs: Any
+    ):
+        super().__init__(
+            dataset, batch_size=None, worker_init_fn=worker_init, persistent_workers=False, **kwargs
+        )
         self._owner = owner
         self._position = position
 
@@ -127,7 +131,9 @@ class _PairDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1 (batches per rank per epoch), got {steps_per_epoch}")
+            raise ValueError(
+                f"steps_per_epoch must be >= 1 (batches per rank per epoch), got {steps_per_epoch}"
+            )
         if val_batches is not None and val_batches < 1:
             raise ValueError(f"val_batches must be >= 1 or None, got {val_batches}")
         if num_workers < 0:
@@ -173,7 +179,11 @@ class _PairDataModule(pl.LightningDataModule):
 
     def _check_tasks(self, src: Source, n: int, what: str) -> None:
         counts = task_counts_from_index(find_index(src.urls), src.urls)
-        small = {t: c for t, c in counts.items() if c < n and (not self.task_weights or self.task_weights.get(t, 1) > 0)}
+        small = {
+            t: c
+            for t, c in counts.items()
+            if c < n and (not self.task_weights or self.task_weights.get(t, 1) > 0)
+        }
         if small:
             raise ValueError(
                 f"{what} ({src.name}): tasks with fewer pairs than k+1 = {n} (index.json): "
@@ -219,8 +229,12 @@ class _PairDataModule(pl.LightningDataModule):
             self.setup("fit")
         if not self._train_sources:
             raise ValueError(f"{type(self).__name__}: no training urls configured")
-        return StreamLoader(self._stream(self._train_sources, train=True), self, position=self._position,
-                            **self._loader_kwargs())
+        return StreamLoader(
+            self._stream(self._train_sources, train=True),
+            self,
+            position=self._position,
+            **self._loader_kwargs(),
+        )
 
     def val_dataloader(self) -> StreamLoader | list:
         if self._val_sources is None:
@@ -256,8 +270,12 @@ class _PairDataModule(pl.LightningDataModule):
                     "or lower batch_size / val_num_context"
                 )
             quotas[src.name] = quota
-        return StreamLoader(self._stream(self._val_sources, train=False, quotas=quotas), self, position=None,
-                            **self._loader_kwargs())
+        return StreamLoader(
+            self._stream(self._val_sources, train=False, quotas=quotas),
+            self,
+            position=None,
+            **self._loader_kwargs(),
+        )
 
     # ---- position and skips
 
@@ -316,11 +334,17 @@ class _PairDataModule(pl.LightningDataModule):
         """Continue the training stream at ``(epoch, consumed)`` on the next epoch iterator."""
         changed = {
             name: (state_dict.get(name), now)
-            for name, now in (("seed", self.seed), ("num_workers", self.num_workers),
-                              ("steps_per_epoch", self.steps_per_epoch))
+            for name, now in (
+                ("seed", self.seed),
+                ("num_workers", self.num_workers),
+                ("steps_per_epoch", self.steps_per_epoch),
+            )
             if state_dict.get(name) != now
         }
-        if state_dict.get("world_size") not in (None, self._world) and getattr(self, "trainer", None) is not None:
+        if (
+            state_dict.get("world_size") not in (None, self._world)
+            and getattr(self, "trainer", None) is not None
+        ):
             changed["world_size"] = (state_dict.get("world_size"), self._world)
         if changed:
             warnings.warn(
@@ -353,7 +377,8 @@ _COMMON_DOC = """
 
 class ImagePairDataModule(_PairDataModule):
     __doc__ = (
-        "In-context batches of image pairs (``T = 1``).\n" + _COMMON_DOC
+        "In-context batches of image pairs (``T = 1``).\n"
+        + _COMMON_DOC
         + "        size: resize (short side) + center-crop to ``size x size`` (a multiple of 16); None keeps the stored size.\n"
     )
 
@@ -376,10 +401,20 @@ class ImagePairDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
-                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
-                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
-                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        super().__init__(
+            batch_size=batch_size,
+            num_context=num_context,
+            val_num_context=val_num_context,
+            steps_per_epoch=steps_per_epoch,
+            val_batches=val_batches,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            task_weights=task_weights,
+            max_skipped=max_skipped,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
+        )
         self.train_urls, self.val_urls = train_urls, val_urls
         self.size = _check_size(size)
 
@@ -387,12 +422,20 @@ class ImagePairDataModule(_PairDataModule):
         urls = self.train_urls if split == "train" else self.val_urls
         if urls is None:
             return []
-        return [Source("image", resolve_urls(urls, what=f"{split}_urls"), PixelDecoder("image", self.size), self.batch_size)]
+        return [
+            Source(
+                "image",
+                resolve_urls(urls, what=f"{split}_urls"),
+                PixelDecoder("image", self.size),
+                self.batch_size,
+            )
+        ]
 
 
 class VideoPairDataModule(_PairDataModule):
     __doc__ = (
-        "In-context batches of clip pairs (``T = 1 + 4k``).\n" + _COMMON_DOC
+        "In-context batches of clip pairs (``T = 1 + 4k``).\n"
+        + _COMMON_DOC
         + "        size: resize + center-crop every frame to ``size x size`` (multiple of 16).\n"
         + "        frames: keep the first ``frames`` frames (1 + 4k); shorter clips are skipped and counted.\n"
     )
@@ -417,10 +460,20 @@ class VideoPairDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
-                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
-                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
-                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        super().__init__(
+            batch_size=batch_size,
+            num_context=num_context,
+            val_num_context=val_num_context,
+            steps_per_epoch=steps_per_epoch,
+            val_batches=val_batches,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            task_weights=task_weights,
+            max_skipped=max_skipped,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
+        )
         self.train_urls, self.val_urls = train_urls, val_urls
         self.size = _check_size(size)
         self.frames = _check_frames(frames)
@@ -469,12 +522,24 @@ class MixtureDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
-                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
-                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
-                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        super().__init__(
+            batch_size=batch_size,
+            num_context=num_context,
+            val_num_context=val_num_context,
+            steps_per_epoch=steps_per_epoch,
+            val_batches=val_batches,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            task_weights=task_weights,
+            max_skipped=max_skipped,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
+        )
         if image_weight < 0 or video_weight < 0 or image_weight + video_weight <= 0:
-            raise ValueError(f"image_weight/video_weight must be >= 0 and not both 0, got {image_weight}, {video_weight}")
+            raise ValueError(
+                f"image_weight/video_weight must be >= 0 and not both 0, got {image_weight}, {video_weight}"
+            )
         self.urls = {"train": (image_train_urls, video_train_urls), "val": (image_val_urls, video_val_urls)}
         self.weights = (image_weight, video_weight)
         self.video_batch_size = video_batch_size or batch_size
@@ -485,11 +550,25 @@ class MixtureDataModule(_PairDataModule):
         image_urls, video_urls = self.urls[split]
         out = []
         if image_urls is not None and (split == "val" or self.weights[0] > 0):
-            out.append(Source("image", resolve_urls(image_urls, what=f"image_{split}_urls"),
-                              PixelDecoder("image", self.size), self.batch_size, self.weights[0]))
+            out.append(
+                Source(
+                    "image",
+                    resolve_urls(image_urls, what=f"image_{split}_urls"),
+                    PixelDecoder("image", self.size),
+                    self.batch_size,
+                    self.weights[0],
+                )
+            )
         if video_urls is not None and (split == "val" or self.weights[1] > 0):
-            out.append(Source("video", resolve_urls(video_urls, what=f"video_{split}_urls"),
-                              PixelDecoder("video", self.size, self.frames), self.video_batch_size, self.weights[1]))
+            out.append(
+                Source(
+                    "video",
+                    resolve_urls(video_urls, what=f"video_{split}_urls"),
+                    PixelDecoder("video", self.size, self.frames),
+                    self.video_batch_size,
+                    self.weights[1],
+                )
+            )
         return out
 
 
@@ -497,7 +576,7 @@ class LatentPairDataModule(_PairDataModule):
     __doc__ = (
         "In-context batches of pre-encoded latent pairs (``<key>.input.npy`` / ``<key>.target.npy`` float16\n"
         "    ``[C, t, h, w]`` + json recording the VAE); batches hold float32 ``[B, N, C, t, h, w]`` and\n"
-        "    ``\"latents\": True``. Latents of one batch must share their shape (one resolution per shard set).\n"
+        '    ``"latents": True``. Latents of one batch must share their shape (one resolution per shard set).\n'
         + _COMMON_DOC
         + "        latent_shift, latent_scale: applied as ``(z - shift) * scale`` (identity by default: the\n"
         + "            shards written by ``lavinkit encode`` are already normalised).\n"
@@ -527,10 +606,20 @@ class LatentPairDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(batch_size=batch_size, num_context=num_context, val_num_context=val_num_context,
-                         steps_per_epoch=steps_per_epoch, val_batches=val_batches, num_workers=num_workers, seed=seed,
-                         shuffle_buffer=shuffle_buffer, task_weights=task_weights, max_skipped=max_skipped,
-                         pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+        super().__init__(
+            batch_size=batch_size,
+            num_context=num_context,
+            val_num_context=val_num_context,
+            steps_per_epoch=steps_per_epoch,
+            val_batches=val_batches,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            task_weights=task_weights,
+            max_skipped=max_skipped,
+            pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
+        )
         self.train_urls, self.val_urls = train_urls, val_urls
         self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
 
@@ -566,4 +655,6 @@ class SkippedSamplesLogger(pl.Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "skipped") or trainer.global_step % self.every_n_steps:
             return
-        pl_module.log("data/skipped", float(dm.skipped), reduce_fx="sum", sync_dist=True, on_step=True, on_epoch=False)
+        pl_module.log(
+            "data/skipped", float(dm.skipped), reduce_fx="sum", sync_dist=True, on_step=True, on_epoch=False
+        )

@@ -40,15 +40,37 @@ class Recorder(pl.LightningModule):
 
 
 def main(data: Path, out: Path) -> None:
-    dm = ImagePairDataModule(data / "train", data / "val", batch_size=2, num_context=(0, 2), steps_per_epoch=5,
-                             num_workers=1, seed=5)
+    dm = ImagePairDataModule(
+        data / "train",
+        data / "val",
+        batch_size=2,
+        num_context=(0, 2),
+        steps_per_epoch=5,
+        num_workers=1,
+        seed=5,
+    )
     module = Recorder()
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         num_sanity_val_steps=0, callbacks=[SkippedSamplesLogger(every_n_steps=1)])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[SkippedSamplesLogger(every_n_steps=1)],
+    )
     trainer.fit(module, datamodule=dm)
-    record = {"rank": trainer.global_rank, "world": trainer.world_size, "dm_rank": dm._rank,
-              "train": module.train_keys, "val": module.val_keys, "skipped": dm.skipped}
+    record = {
+        "rank": trainer.global_rank,
+        "world": trainer.world_size,
+        "dm_rank": dm._rank,
+        "train": module.train_keys,
+        "val": module.val_keys,
+        "skipped": dm.skipped,
+    }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 

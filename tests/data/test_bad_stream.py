@@ -45,8 +45,12 @@ def bad_sample(kind: str) -> dict:
     return sample
 
 
-REASONS = {"undecodable": "input.png", "missing-member": "missing member target", "bad-key": "contains characters|outside",
-           "no-task": "task"}
+REASONS = {
+    "undecodable": "input.png",
+    "missing-member": "missing member target",
+    "bad-key": "contains characters|outside",
+    "no-task": "task",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(REASONS))
@@ -89,9 +93,12 @@ def test_corrupt_tar_is_skipped_naming_the_shard(tmp_path):
 def test_max_skipped_stops_with_a_clear_message(tmp_path, workers):
     bad = [bad_sample("undecodable") | {"__key__": f"t-bad{i}"} for i in range(6)]
     shard = write(tmp_path / "pairs-000000.tar", good_pairs("t", 2) + bad)
-    dm = ImagePairDataModule(shard, batch_size=2, num_context=1, steps_per_epoch=20, max_skipped=2,
-                             num_workers=workers)
-    with pytest.raises(DataStreamError, match=r"max_skipped=2.*shard .*pairs-000000.tar, key 't-bad\d'") as info:
+    dm = ImagePairDataModule(
+        shard, batch_size=2, num_context=1, steps_per_epoch=20, max_skipped=2, num_workers=workers
+    )
+    with pytest.raises(
+        DataStreamError, match=r"max_skipped=2.*shard .*pairs-000000.tar, key 't-bad\d'"
+    ) as info:
         list(dm.train_dataloader())
     assert type(info.value) is DataStreamError  # raised in the main process, not a wrapped worker traceback
     assert "Traceback" not in str(info.value)
@@ -114,5 +121,7 @@ def test_empty_shards_stop_instead_of_spinning(tmp_path):
 def test_validation_too_small_fails_at_setup(tmp_path):
     shard = write(tmp_path / "pairs-000000.tar", good_pairs("t", 3))
     dm = ImagePairDataModule(val_urls=shard, batch_size=2, num_context=2)
-    with pytest.raises(ValueError, match=r"val \(image\): no rank can form one batch of 2 examples of 3 pairs"):
+    with pytest.raises(
+        ValueError, match=r"val \(image\): no rank can form one batch of 2 examples of 3 pairs"
+    ):
         dm.val_dataloader()

@@ -37,7 +37,9 @@ def write_image_shards(folder, tasks: dict[str, int], *, shards: int = 2, size: 
 
 def check_contract(batch, *, b, t, hw, k=None, channels=3, latents=False):
     n = batch["num_context"] + 1
-    assert set(batch) == {"input", "target", "task", "keys", "num_context"} | ({"latents"} if latents else set())
+    assert set(batch) == {"input", "target", "task", "keys", "num_context"} | (
+        {"latents"} if latents else set()
+    )
     assert batch["input"].shape == batch["target"].shape == (b, n, channels, t, hw, hw)
     assert batch["input"].dtype == torch.float32
     if not latents:
@@ -48,8 +50,13 @@ def check_contract(batch, *, b, t, hw, k=None, channels=3, latents=False):
 
 
 def test_image_contract_and_val(demo_data):
-    dm = ImagePairDataModule(demo_data / "train" / "images-*.tar", demo_data / "val" / "images-{000000..000003}.tar",
-                             batch_size=3, num_context=2, steps_per_epoch=3)
+    dm = ImagePairDataModule(
+        demo_data / "train" / "images-*.tar",
+        demo_data / "val" / "images-{000000..000003}.tar",
+        batch_size=3,
+        num_context=2,
+        steps_per_epoch=3,
+    )
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == len(dm.train_dataloader()) == 3
@@ -63,15 +70,24 @@ def test_image_contract_and_val(demo_data):
 
 
 def test_video_contract_k0_and_resize(demo_data):
-    dm = VideoPairDataModule(demo_data / "train", batch_size=2, num_context=0, steps_per_epoch=2, size=16, frames=5)
+    dm = VideoPairDataModule(
+        demo_data / "train", batch_size=2, num_context=0, steps_per_epoch=2, size=16, frames=5
+    )
     dm.train_urls = [str(p) for p in sorted((demo_data / "train").glob("videos-*.tar"))]
     for batch in dm.train_dataloader():
         check_contract(batch, b=2, t=5, hw=16, k=0)
 
 
 def test_mixture_batches_are_homogeneous(demo_data):
-    dm = MixtureDataModule(str(demo_data / "train" / "images-*.tar"), str(demo_data / "train" / "videos-*.tar"),
-                           batch_size=2, video_batch_size=1, num_context=1, steps_per_epoch=12, seed=1)
+    dm = MixtureDataModule(
+        str(demo_data / "train" / "images-*.tar"),
+        str(demo_data / "train" / "videos-*.tar"),
+        batch_size=2,
+        video_batch_size=1,
+        num_context=1,
+        steps_per_epoch=12,
+        seed=1,
+    )
     frames = set()
     for batch in dm.train_dataloader():
         t = batch["input"].shape[3]
@@ -86,10 +102,23 @@ def test_latent_contract(tmp_path):
         for task in ("a", "b"):
             for i in range(6):
                 z = rng.standard_normal((2, 4, 3, 2, 2)).astype(np.float16)
-                w.write({"__key__": f"{task}-{i}", "input.npy": z[0], "target.npy": z[1],
-                         "json": {"task": task, "vae": "tiny"}})
-    dm = LatentPairDataModule(tmp_path, batch_size=2, num_context=1, steps_per_epoch=2, vae="tiny",
-                              latent_shift=0.5, latent_scale=2.0)
+                w.write(
+                    {
+                        "__key__": f"{task}-{i}",
+                        "input.npy": z[0],
+                        "target.npy": z[1],
+                        "json": {"task": task, "vae": "tiny"},
+                    }
+                )
+    dm = LatentPairDataModule(
+        tmp_path,
+        batch_size=2,
+        num_context=1,
+        steps_per_epoch=2,
+        vae="tiny",
+        latent_shift=0.5,
+        latent_scale=2.0,
+    )
     batch = next(iter(dm.train_dataloader()))
     check_contract(batch, b=2, t=3, hw=2, k=1, channels=4, latents=True)
     assert batch["latents"] is True
@@ -100,8 +129,14 @@ def test_latent_contract(tmp_path):
 
 def test_same_seed_same_batches_other_seed_differs(demo_data):
     def keys(seed, workers=0):
-        dm = ImagePairDataModule(demo_data / "train" / "images-*.tar", batch_size=2, num_context=(1, 2),
-                                 steps_per_epoch=4, seed=seed, num_workers=workers)
+        dm = ImagePairDataModule(
+            demo_data / "train" / "images-*.tar",
+            batch_size=2,
+            num_context=(1, 2),
+            steps_per_epoch=4,
+            seed=seed,
+            num_workers=workers,
+        )
         loader = dm.train_dataloader()
         return [[b["keys"] for b in loader] for _ in range(2)]  # two epochs
 
@@ -114,8 +149,13 @@ def test_same_seed_same_batches_other_seed_differs(demo_data):
 
 def test_url_forms_and_missing_shard(tmp_path):
     files = write_image_shards(tmp_path / "d", {"t": 6}, shards=3)
-    forms = [str(tmp_path / "d"), str(tmp_path / "d" / "*.tar"), str(tmp_path / "d" / "pairs-{000000..000002}.tar"),
-             [str(f) for f in files], "::".join(str(f) for f in files)]
+    forms = [
+        str(tmp_path / "d"),
+        str(tmp_path / "d" / "*.tar"),
+        str(tmp_path / "d" / "pairs-{000000..000002}.tar"),
+        [str(f) for f in files],
+        "::".join(str(f) for f in files),
+    ]
     for urls in forms:
         from lavinkit.data.pipeline import resolve_urls
 
@@ -175,9 +215,19 @@ def test_constructed_from_yaml_class_path(tmp_path, demo_data):
 
     parser = ArgumentParser()
     parser.add_subclass_arguments(LightningDataModule, "data")
-    cfg = (json.dumps({"data": {"class_path": "lavinkit.data.MixtureDataModule", "init_args": {
-        "image_train_urls": str(demo_data / "train" / "images-*.tar"), "num_context": [1, 3],
-        "task_weights": {"colorization": 2.0}, "steps_per_epoch": 5}}}))
+    cfg = json.dumps(
+        {
+            "data": {
+                "class_path": "lavinkit.data.MixtureDataModule",
+                "init_args": {
+                    "image_train_urls": str(demo_data / "train" / "images-*.tar"),
+                    "num_context": [1, 3],
+                    "task_weights": {"colorization": 2.0},
+                    "steps_per_epoch": 5,
+                },
+            }
+        }
+    )
     dm = parser.instantiate_classes(parser.parse_string(cfg)).data
     assert isinstance(dm, MixtureDataModule)
     assert dm.num_context == (1, 3) and dm.task_weights == {"colorization": 2.0}

@@ -58,8 +58,13 @@ def test_examples_are_task_homogeneous_without_repeats_and_query_last():
 
 
 def test_smaller_k_served_from_full_buffers_first():
-    items = [pair("a", "a0"), pair("a", "a1"), pair("a", "a2"), *(pair("b", f"b{i}") for i in range(4)),
-             pair("c", "c0")]
+    items = [
+        pair("a", "a0"),
+        pair("a", "a1"),
+        pair("a", "a2"),
+        *(pair("b", f"b{i}") for i in range(4)),
+        pair("c", "c0"),
+    ]
     it = iter(items)
     grouper = TaskGrouper(it)
     assert [p.key for p in grouper.next_example(4)] == ["b0", "b1", "b2", "b3"]
@@ -94,8 +99,9 @@ def test_task_weights_validated():
 def test_grouping_in_a_datamodule_stream(demo_data):
     from lavinkit.data import ImagePairDataModule
 
-    dm = ImagePairDataModule(demo_data / "train" / "images-*.tar", batch_size=4, num_context=(0, 3),
-                             steps_per_epoch=12, seed=3)
+    dm = ImagePairDataModule(
+        demo_data / "train" / "images-*.tar", batch_size=4, num_context=(0, 3), steps_per_epoch=12, seed=3
+    )
     ks = set()
     for batch in dm.train_dataloader():
         k = batch["num_context"]

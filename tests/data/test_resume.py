@@ -87,8 +87,16 @@ def test_trainer_checkpoint_resume_continues_the_stream(demo_data, tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def trainer(**kw):
-        return pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
-                          enable_model_summary=False, limit_val_batches=0, **kw)
+        return pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            **kw,
+        )
 
     ref = Recorder()
     trainer().fit(ref, datamodule=make_dm(demo_data, steps_per_epoch=5))
@@ -102,5 +110,7 @@ def test_trainer_checkpoint_resume_continues_the_stream(demo_data, tmp_path):
     assert (saved["epoch"], saved["consumed"]) == (0, 3)
 
     resumed = Recorder()
-    trainer().fit(resumed, datamodule=make_dm(demo_data, steps_per_epoch=5), ckpt_path=tmp_path / "step=3.ckpt")
+    trainer().fit(
+        resumed, datamodule=make_dm(demo_data, steps_per_epoch=5), ckpt_path=tmp_path / "step=3.ckpt"
+    )
     assert resumed.seen == ref.seen[3:]

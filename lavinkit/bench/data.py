@@ -1,0 +1,208 @@
+"""``lavinkit bench data``: in-context batches/s and pairs/s over image and clip shards, vs plain reading.
+
+For every shard set and worker count it times, in the same run and over the same shards:
+
+* ``grouped``: the training stream of the DataModules (:class:`lavinkit.data.pipeline.PairStream`:
+  resampled shards, shuffle, task grouping into k+1 pairs, decode, collate to the batch contract);
+* ``plain``: the plain WebDataset pipeline a user would write without grouping (resampled shards,
+  shuffle, ``decode_pair``, stack ``B x (k+1)`` pairs per batch).
+
+Both decode the same number of pairs per batch; ``overhead = plain pairs/s / grouped pairs/s - 1``.
+Numbers are medians over ``--repeats`` runs of ``--batches`` batches each, after 2 warm-up batches
+(worker start-up is not timed). Without ``--images``/``--clips`` a demo set (64x64 png pairs,
+17-frame 64x64 mp4 clips) is built in a temporary folder with :func:`lavinkit.data.demo.build_demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _plain_pipeline(urls: list[str], *, pairs_per_batch: int, seed: int, shuffle: int):
+    import webdataset as wds
+
+    from lavinkit.data.schema import decode_pair
+
+    def collate(samples):
+        # list of decoded pairs -> {"input": float32 [P, 3, T, H, W], "target": same, "keys": [...]}
+        inp = torch.stack([s["input"] for s in samples]).to(torch.float32).div_(127.5).sub_(1.0)
+        tgt = torch.stack([s["target"] for s in samples]).to(torch.float32).div_(127.5).sub_(1.0)
+        return {"input": inp, "target": tgt, "keys": [s["key"] for s in samples]}
+
+    return wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True, worker_seed=lambda: 0),
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(shuffle, min(100, shuffle), seed=seed),
+        wds.map(decode_pair, handler=wds.warn_and_continue),
+        wds.batched(pairs_per_batch, collation_fn=collate, partial=False),
+    )
+
+
+def _grouped_stream(urls: list[str], *, modality: str, batch_size: int, k: int, seed: int, shuffle: int):
+    from lavinkit.data.pipeline import PairStream, PixelDecoder, Source
+
+    src = Source(modality, urls, PixelDecoder(modality), batch_size)
+    return PairStream(
+        [src], train=True, num_context=(k, k), seed=seed, num_batches=10**9, shuffle_buffer=shuffle
+    )
+
+
+def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> float:
+    """Pairs per second over ``batches`` batches after 2 warm-up batches."""
+    from lavinkit.data.pipeline import worker_init
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, worker_init_fn=worker_init if workers else None
+    )
+    it = iter(loader)
+    for _ in range(2):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+        assert (
+            batch["input"].shape[0] * (batch["input"].shape[1] if batch["input"].ndim == 6 else 1)
+            == pairs_per_batch
+        )
+    elapsed = time.perf_counter() - start
+    del it
+    return batches * pairs_per_batch / elapsed
+
+
+def run(
+    images: str | None = None,
+    clips: str | None = None,
+    workers: list[int] | None = None,
+    image_batch_size: int = 32,
+    clip_batch_size: int = 4,
+    num_context: int = 2,
+    batches: int = 20,
+    clip_batches: int = 10,
+    repeats: int = 3,
+    seed: int = 0,
+    shuffle: int = 1000,
+    demo_dir: str | None = None,
+) -> list[dict]:
+    """Run the benchmark; returns one row per (kind, workers) with medians (see the module docstring)."""
+    from lavinkit.data.pipeline import resolve_urls
+
+    workers = [0, 1, 2] if workers is None else workers
+    tmp = None
+    if images is None and clips is None:
+        from lavinkit.data.demo import build_demo
+
+        root = Path(demo_dir) if demo_dir else Path(tmp := tempfile.mkdtemp(prefix="lavinkit-bench-"))
+        if not (root / "train").is_dir():
+            print(f"# building the demo set in {root} ...", file=sys.stderr)
+            build_demo(
+                root,
+                image_size=64,
+                clip_frames=17,
+                image_pairs_per_task=150,
+                clip_pairs_per_task=24,
+                seed=seed,
+            )
+        images, clips = str(root / "train" / "images-*.tar"), str(root / "train" / "videos-*.tar")
+    torch.set_num_threads(1)
+    rows = []
+    kinds = [("image", images, image_batch_size, batches), ("video", clips, clip_batch_size, clip_batches)]
+    for modality, urls, bs, n_batches in kinds:
+        if urls is None:
+            continue
+        shard_urls = resolve_urls(urls, what=f"--{'images' if modality == 'image' else 'clips'}")
+        ppb = bs * (num_context + 1)
+        for w in workers:
+            grouped, plain = [], []
+            for r in range(repeats):
+                grouped.append(
+                    _time(
+                        _grouped_stream(
+                            shard_urls,
+                            modality=modality,
+                            batch_size=bs,
+                            k=num_context,
+                            seed=seed + r,
+                            shuffle=shuffle,
+                        ),
+                        w,
+                        n_batches,
+                        ppb,
+                    )
+                )
+                plain.append(
+                    _time(
+                        _plain_pipeline(shard_urls, pairs_per_batch=ppb, seed=seed + r, shuffle=shuffle),
+                        w,
+                        n_batches,
+                        ppb,
+                    )
+                )
+            g, p = statistics.median(grouped), statistics.median(plain)
+            rows.append(
+                {
+                    "kind": modality,
+                    "workers": w,
+                    "batch": f"{bs}x{num_context + 1}",
+                    "grouped_batches_s": g / ppb,
+                    "grouped_pairs_s": g,
+                    "plain_pairs_s": p,
+                    "overhead": p / g - 1.0,
+                }
+            )
+    if tmp is not None:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = f"{'kind':<6} {'workers':>7} {'batch BxN':>10} {'batches/s':>10} {'pairs/s':>9} {'plain pairs/s':>14} {'overhead':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['kind']:<6} {r['workers']:>7} {r['batch']:>10} {r['grouped_batches_s']:>10.1f} "
+            f"{r['grouped_pairs_s']:>9.0f} {r['plain_pairs_s']:>14.0f} {r['overhead']:>+9.1%}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="lavinkit bench data", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--images", type=str | None, default=None, help="image pair shards (url, dir or glob)"
+    )
+    parser.add_argument("--clips", type=str | None, default=None, help="clip pair shards (url, dir or glob)")
+    parser.add_argument("--workers", type=list[int], default=[0, 1, 2], help="DataLoader worker counts")
+    parser.add_argument(
+        "--image_batch_size", type=int, default=32, help="in-context examples per image batch"
+    )
+    parser.add_argument("--clip_batch_size", type=int, default=4, help="in-context examples per clip batch")
+    parser.add_argument("--num_context", type=int, default=2, help="k context pairs (N = k + 1 per example)")
+    parser.add_argument("--batches", type=int, default=20, help="timed image batches per repeat")
+    parser.add_argument("--clip_batches", type=int, default=10, help="timed clip batches per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats (the median is reported)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shuffle", type=int, default=1000, help="sample shuffle buffer")
+    parser.add_argument("--demo_dir", type=str | None, default=None, help="build/reuse the demo set here")
+    parser.add_argument("--json", type=str | None, default=None, help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("json", "__default_config__")}
+    rows = run(**kwargs)
+    print(format_rows(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
