@@ -174,6 +174,8 @@ class InContextPipeline:
         allow_fp16: permit float16 with bf16-stored weights (warns instead of raising).
         weights_dtype: dtype the weights were stored/trained in, for the fp16 check (default: the models'
             parameter dtype at construction).
+
+    The given modules are put in eval mode, frozen, and moved/cast in place (``nn.Module.to``).
     """
 
     def __init__(

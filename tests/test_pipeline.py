@@ -174,3 +174,27 @@ def test_from_checkpoints_lavinkit_and_official_files(tiny_models, parity_models
     torch.testing.assert_close(off_vae.state_dict(), parity_models[0].state_dict())
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_model_file(tmp_path / "missing.safetensors", "jdit")
+
+
+def test_default_precision_and_bf16_run(tiny_models):
+    vae, dit = tiny_models
+    assert InContextPipeline(vae, dit, device="cpu").dtype == torch.float32
+    pipe = InContextPipeline(vae, dit, num_steps=3, grid="uniform", device="cpu", dtype=torch.bfloat16)
+    assert next(pipe.dit.parameters()).dtype == torch.bfloat16
+    query, pairs = _image_inputs(pairs=1)
+    out = pipe(query, pairs, seed=0)
+    assert out.latent.dtype == torch.float32 and torch.isfinite(out.images).all()
+    vae.float(), dit.float()
+
+
+@pytest.mark.gpu
+def test_cuda_defaults_to_bf16_and_matches_cpu_seeding(tiny_models):
+    vae, dit = tiny_models
+    query, pairs = _image_inputs(pairs=1)
+    gpu = InContextPipeline(vae, dit, num_steps=3, grid="uniform", device="cuda")
+    assert gpu.dtype == torch.bfloat16
+    out = gpu(query, pairs, seed=0)
+    cpu = InContextPipeline(vae.float(), dit.float(), num_steps=3, grid="uniform", device="cpu")(query, pairs, seed=0)
+    assert out.images.device.type == "cuda"
+    assert (out.images.cpu() - cpu.images).abs().mean() < 0.05  # same noise draws (CPU generator), bf16 compute
+    vae.float(), dit.float()
