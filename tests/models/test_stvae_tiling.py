@@ -88,21 +88,22 @@ def test_tiled_apply_is_exact_for_pointwise_maps():
 
 
 def test_tiled_vs_untiled_error_bound():
+    """Random-weight tiny VAE: tiles see their own GroupNorm statistics and zero borders, so results differ;
+    the blended overlap must reduce the error of independent tiles and keep it bounded."""
     vae = tiny()
-    x = noise(1, 3, 1, 96, 96)
+    x = noise(1, 3, 1, 64, 64)
     with torch.no_grad():
         z = vae.encode(x).mean
         full = vae.decode(z)
-        errors = {ov: rel(vae.tiled_decode(z, 64, ov), full) for ov in (0, 32)}
-        enc = vae.tiled_encode(x, 64, 32).mean
-        tiled = vae.tiled_decode(z, 64, 32)
-        top_left = vae.decode(z[:, :, :, :8, :8])
+        errors = {ov: rel(vae.tiled_decode(z, 32, ov), full) for ov in (0, 16)}
+        enc = vae.tiled_encode(x, 32, 16).mean
+        tiled = vae.tiled_decode(z, 32, 16)
+        top_left = vae.decode(z[:, :, :, :4, :4])
     assert enc.shape == z.shape and tiled.shape == full.shape
-    # blended overlap reduces the error of independent tiles, and both stay bounded for random weights
-    assert errors[32] < errors[0] < 0.8
-    assert rel(enc, z) < 0.8
+    assert errors[16] < errors[0] < 0.7
+    assert rel(enc, z) < 1.0
     # the first tile is never blended: its kept region is that tile decoded on its own
-    torch.testing.assert_close(tiled[..., :32, :32], top_left[..., :32, :32])
+    torch.testing.assert_close(tiled[..., :16, :16], top_left[..., :16, :16])
 
 
 def test_tiling_thresholds():
@@ -118,10 +119,10 @@ def test_tiling_thresholds():
 
 def test_tiling_with_cache_chunks_shapes():
     vae = tiny(causal_norm=True)
-    x = noise(1, 3, 9, 24, 24)
+    x = noise(1, 3, 9, 24, 16)
     with torch.no_grad():
         z = vae.tiled_encode(x, 16, 8, chunk_frames=4).mean
-        assert z.shape == (1, 16, 3, 3, 3)
+        assert z.shape == (1, 16, 3, 3, 2)
         assert vae.tiled_decode(z, 16, 8, chunk_frames=4).shape == x.shape
 
 
