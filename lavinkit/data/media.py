@@ -39,50 +39,35 @@ def _reformatter():
     return _REFORMATTER
 
 
-def _to_uint8_from_16bit(x: torch.Tensor | np.ndarray):
+def _to_uint8_from_16bit(x: np.ndarray) -> np.ndarray:
     """16-bit -> 8-bit with ``round(v * 255 / 65535)``."""
-    if isinstance(x, torch.Tensor):
-        return ((x.to(torch.int64) * 255 + 32767) // 65535).to(torch.uint8)
     return ((x.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _decode_image_pil(data: bytes) -> torch.Tensor:
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data))
-    im.load()
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im)
-        arr = _to_uint8_from_16bit(np.clip(arr, 0, 65535)) if arr.dtype != np.uint8 else arr
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    else:
-        arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
-
-
 def decode_image(data: bytes) -> torch.Tensor:
-    """Decode png/jpg/webp bytes to an RGB ``uint8`` tensor ``[3, H, W]``.
+    """Decode png/jpg/webp bytes to an RGB ``uint8`` tensor ``[3, H, W]`` (with PIL).
 
-    Uses ``torchvision.io.decode_image`` (libpng/libjpeg-turbo/libwebp) and falls back to PIL for
-    what torchvision cannot read. Raises ``ValueError`` when neither can decode the bytes.
+    Raises ``ValueError`` when the bytes cannot be decoded.
     """
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_image as tv_decode
+    from PIL import Image, UnidentifiedImageError
 
     if len(data) == 0:
         raise ValueError("empty file")
     try:
-        img = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as tv_err:
-        try:
-            return _decode_image_pil(data)
-        except Exception as pil_err:  # noqa: BLE001 - any PIL failure means undecodable
-            raise ValueError(f"cannot decode image ({tv_err}; PIL: {pil_err})") from pil_err
-    if img.dtype == torch.uint16:
-        img = _to_uint8_from_16bit(img)
-    elif img.dtype != torch.uint8:
-        raise ValueError(f"unsupported image dtype {img.dtype}")
-    return img
+        im = Image.open(io.BytesIO(data))
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im)
+            arr = _to_uint8_from_16bit(np.clip(arr, 0, 65535)) if arr.dtype != np.uint8 else arr
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+        else:
+            arr = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # writable copy for torch
+    except UnidentifiedImageError as err:
+        raise ValueError("cannot decode image (not a recognised image format)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot decode image ({err})") from err
+    # [H, W, 3] -> [3, H, W] (a view: the float conversion downstream makes it contiguous)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
 
 
 def encode_image(arr: np.ndarray, ext: str = "png", *, quality: int = 95) -> bytes:
@@ -120,7 +105,7 @@ def decode_mp4(data: bytes) -> np.ndarray:
             stream.codec_context.thread_count = 1  # short clips: decoder threads cost more than they save
             frames = [reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
     except (av.FFmpegError, IndexError, ValueError) as err:
-        raise ValueError(f"cannot decode video ({err})") from err
+        raise ValueError(f"cannot decode video ({getattr(err, 'strerror', None) or err})") from err
     if not frames:
         raise ValueError("video has no decodable frames")
     return np.stack(frames)
@@ -176,7 +161,7 @@ def encode_npy(frames: np.ndarray) -> bytes:
 
 
 def decode_media(data: bytes, ext: str) -> torch.Tensor:
-    """Decode a member by extension to ``uint8 [3, T, H, W]`` (images give T = 1)."""
+    """Decode a member by extension to ``uint8 [3, T, H, W]`` (images give T = 1; a permuted view)."""
     ext = ext.lower()
     if ext in IMAGE_EXTS:
         return decode_image(data).unsqueeze(1)
@@ -186,8 +171,8 @@ def decode_media(data: bytes, ext: str) -> torch.Tensor:
         arr = decode_npy(data)
     else:
         raise ValueError(f"unknown extension {ext!r}; expected one of {IMAGE_EXTS + CLIP_EXTS}")
-    # [T, H, W, 3] -> [3, T, H, W]
-    return torch.from_numpy(arr).permute(3, 0, 1, 2).contiguous()
+    # [T, H, W, 3] -> [3, T, H, W] (a view)
+    return torch.from_numpy(arr).permute(3, 0, 1, 2)
 
 
 def encode_media(arr: np.ndarray, ext: str, *, quality: int = 95, fps: int = 8, crf: int = 18) -> bytes:

@@ -165,10 +165,8 @@ def iter_raw_samples(url: str) -> Iterator[tuple[dict | None, Problem | None]]:
                 current["__names__"][suffix] = ti.name
                 last_key = key
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-        if current is not None:
-            # the last group may be cut short: report it as read, then the damage
-            yield current, None
-        after = f" after key {last_key!r}" if last_key is not None else ""
+        # the group being read when the damage hit is incomplete: it is reported with the damage, not checked
+        after = f" in or after key {last_key!r}" if last_key is not None else ""
         msg = str(err) or type(err).__name__
         if msg == "empty file":
             yield None, Problem(url, None, "empty-shard", "the file is empty (0 bytes)")
@@ -191,12 +189,14 @@ def check_sample(sample: dict, *, tasks: set[str] | None = None, check_shape: bo
         problems.append(Problem(url, k, kind, msg))
 
     # a dot in the real key shows up as a suffix like "b.input.png" under key "a"
-    dotted = {s: m for s in members if (m := _KNOWN_SUFFIX.match(s)) and m["key"]}
-    for suffix, m in dotted.items():
-        real = f"{key}.{m['key']}"
-        add("bad-key", f"member {names.get(suffix, suffix)!r}: key {real!r} contains a dot "
-            "(WebDataset splits keys at the first dot)", real)
-        members.pop(suffix)
+    dotted: dict[str, list[str]] = {}
+    for suffix in list(members):
+        m = _KNOWN_SUFFIX.match(suffix)
+        if m and m["key"]:
+            dotted.setdefault(f"{key}.{m['key']}", []).append(names.get(suffix, suffix))
+            members.pop(suffix)
+    for real, files in dotted.items():
+        add("bad-key", f"key {real!r} contains a dot (WebDataset splits keys at the first dot); members {files}", real)
     if not members:
         return problems, None
     problem = key_problem(key)
