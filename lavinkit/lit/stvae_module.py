@@ -50,6 +50,10 @@ def _noop() -> None:
     return None
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 class STVAEModule(pl.LightningModule):
     """Train an :class:`~lavinkit.models.stvae.STVAE` on pixel pair batches.
 
@@ -158,14 +162,23 @@ class STVAEModule(pl.LightningModule):
                 f"STVAEModule: init_from={str(path)!r} does not exist (weights-only initialisation, e.g. the stage-1 "
                 "checkpoint for stage 2; to resume an interrupted run pass --ckpt_path instead)"
             )
-        kind, _config, state = load_pretrained(path, use_ema=use_ema)
+        kind, config, state = load_pretrained(path, use_ema=use_ema)
         if kind != KIND:
             raise ValueError(f"STVAEModule: init_from={str(path)!r} holds a {kind!r} model, not an ST-VAE")
-        missing, unexpected = self.vae.load_state_dict(state, strict=False)
+        ours = self.vae.config.to_dict()
+        differ = {k: (v, ours[k]) for k, v in config.items()
+                  if k in ours and k not in ("name", "gradient_checkpointing") and _plain(v) != _plain(ours[k])}
+        try:
+            missing, unexpected = self.vae.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatch
+            raise ValueError(
+                f"STVAEModule: init_from={str(path)!r} holds an ST-VAE of another architecture; config fields that "
+                f"differ (file, configured): {differ}"
+            ) from err
         if missing or unexpected:
             raise ValueError(
                 f"STVAEModule: init_from={str(path)!r} does not match the configured VAE: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
+                f"unexpected {sorted(unexpected)[:5]}; config fields that differ (file, configured): {differ}"
             )
         self._initialised_from = str(path)
 
@@ -337,7 +350,7 @@ class STVAEModule(pl.LightningModule):
         # metrics on [0, 1] frames: [M, 3, T, H, W] -> [M*T, 3, H, W]
         frames = ((x.float() + 1) / 2).transpose(1, 2).flatten(0, 1)
         frames_hat = ((x_hat.float() + 1) / 2).transpose(1, 2).flatten(0, 1)
-        for name, metric in self._val_metrics.items():
+        for metric in self._val_metrics.values():
             metric.update(frames_hat, frames)
         if batch_idx < self.val_media_batches:
             return {"media": {"reconstruction": [x, x_hat]}}
