@@ -10,7 +10,7 @@ import torch
 
 from lavinkit.flow import build_cfg_batch, null_context
 from lavinkit.lit.callbacks import EMA
-from lavinkit.lit.incontext import build_context, drop_context
+from lavinkit.lit.incontext import build_context, drop_context, encode_pairs
 from lavinkit.lit.jdit_module import JDiTModule
 from lavinkit.models.jdit import JDiT
 from lavinkit.models.stvae import STVAE, STVAEConfig
@@ -67,11 +67,14 @@ def test_loss_finite_and_falls_on_fixed_batch(demo_data, tiny_vae):
     module = JDiTModule(dit="tiny", vae=str(tiny_vae), context_dropout=0.1, optimizer=_adamw(3e-3))
     module.configure_model()
     module.setup("fit")
+    # the VAE is frozen: encode the fixed batch once (first step on pixels, the rest on its latents)
+    lat_in, lat_tgt = encode_pairs(module.vae, batch["input"], batch["target"])
+    latent_batch = dict(batch, input=lat_in, target=lat_tgt, latents=True)
     optimizer = module.configure_optimizers()
     losses = []
-    for step in range(30):
+    for step in range(40):
         module._batch_idx = step  # a fresh draw of time and noise per step
-        loss = module.flow_loss(batch, dropout=module.context_dropout)["loss"]
+        loss = module.flow_loss(batch if step == 0 else latent_batch, dropout=module.context_dropout)["loss"]
         assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
