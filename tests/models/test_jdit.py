@@ -201,3 +201,49 @@ def test_forward_errors():
         model(x, t, ctx, context_lengths=torch.tensor([3, 4]))
     with pytest.raises(ValueError, match="integer tensor"):
         model(x, t, ctx, context_lengths=torch.tensor([3.0, 2.0]))
+
+
+def test_flop_counter_by_hand():
+    from lavinkit.bench.jdit import jdit_flops, mfu, peak_flops, per_token_params
+
+    cfg = JDiTConfig.from_name("tiny")  # D 96, 2 heads of 48, 1 kv head, SwiGLU 256, patch dim 2*2*16 = 64, depth 2
+    attn = 96 * 96 + 96 * 96 + 96 * 48 + 96 * 48  # q, out, k, v = 27,648
+    mlp = 3 * 96 * 256  # gate, up, down = 73,728
+    n_tok = 2 * (attn + mlp) + 64 * 96 + 96 * 64  # blocks + patch embed + output projection = 215,040
+    assert n_tok == 215_040 == per_token_params(cfg)
+    model = JDiT(cfg, device="meta")
+    stream = model.blocks[0].target
+    one_stream = sum(p.numel() for m in (stream.q, stream.k, stream.v, stream.out, stream.mlp) for p in m.parameters())
+    assert n_tok == cfg.depth * one_stream + model.target_embed.proj.weight.numel() + model.final.linear.weight.numel()
+    seq = [40, 24]  # two samples, e.g. (3+1) frames x 10 tokens and (2+1) frames x 8 tokens
+    expected = 6 * 215_040 * 64 + 12 * 2 * 96 * (40**2 + 24**2)  # 82,575,360 + 5,013,504
+    assert jdit_flops(cfg, seq) == expected == 87_588_864
+    assert jdit_flops(cfg, seq, training=False) == 2 * 215_040 * 64 + 4 * 2 * 96 * (40**2 + 24**2)
+    assert mfu(expected, 0.5, 1e9) == pytest.approx(expected / 5e8)
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("Some CPU") is None
+
+
+def test_official_3b_per_token_params():
+    from lavinkit.bench.jdit import per_token_params
+
+    assert abs(per_token_params(JDiTConfig.from_name("official-3b")) - 1.226e9) < 0.005e9  # perf notes s.2.2
+
+
+def test_bench_runs_tiny_without_comparison():
+    from lavinkit.bench.jdit import run
+
+    result = run(hidden=48, depth=1, heads=1, latent=4, context_frames=1, batch=1, steps=1, warmup=0, compare=False)
+    assert result["lavinkit_train_step_s"] > 0 and "diffusers_train_step_s" not in result
+    assert result["cfg_step_one_batched_pass_s"] > 0 and result["cfg_step_two_passes_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_runs_tiny():
+    pytest.importorskip("diffusers")
+    from lavinkit.bench.jdit import run
+
+    result = run(hidden=48, depth=1, heads=1, latent=4, context_frames=1, batch=1, steps=1, warmup=0)
+    for key in ("lavinkit_train_step_s", "diffusers_train_step_s", "ratio_lavinkit_over_diffusers",
+                "cfg_step_one_batched_pass_s", "cfg_step_two_passes_s", "train_flops_per_step"):
+        assert result[key] > 0, key
