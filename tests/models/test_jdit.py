@@ -247,3 +247,16 @@ def test_bench_runs_tiny():
     for key in ("lavinkit_train_step_s", "diffusers_train_step_s", "ratio_lavinkit_over_diffusers",
                 "cfg_step_one_batched_pass_s", "cfg_step_two_passes_s", "train_flops_per_step"):
         assert result[key] > 0, key
+
+
+def test_bf16_autocast_and_bf16_weights():
+    model = _tiny()
+    x, t, ctx = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, ctx, context_lengths=torch.tensor([3, 2]))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.mean().backward()
+    ref = model.eval()(x, t, ctx, context_lengths=torch.tensor([3, 2])).detach()
+    assert (out.detach() - ref).abs().max() < 0.1 * ref.abs().max()
+    bf16 = _tiny().to(torch.bfloat16)
+    assert bf16(x.bfloat16(), t, ctx.bfloat16()).dtype == torch.bfloat16

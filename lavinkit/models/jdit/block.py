@@ -12,6 +12,15 @@ from lavinkit.nn.attention import get_attention
 from lavinkit.nn.rope import apply_rope
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` whose weight follows the input dtype, so bf16 activations under autocast with
+    float32 parameters keep torch's fused kernel (a dtype mismatch falls back to the composite path)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class StreamLayers(nn.Module):
     """The weights of one stream (context or target) in one block.
 
@@ -28,8 +37,8 @@ class StreamLayers(nn.Module):
         self.q = nn.Linear(d, q_dim, bias=False, **kw)
         self.k = nn.Linear(d, kv_dim, bias=False, **kw)
         self.v = nn.Linear(d, kv_dim, bias=False, **kw)
-        self.q_norm = nn.RMSNorm(q_dim, eps=config.norm_eps, **kw)
-        self.k_norm = nn.RMSNorm(kv_dim, eps=config.norm_eps, **kw)
+        self.q_norm = RMSNorm(q_dim, eps=config.norm_eps, **kw)
+        self.k_norm = RMSNorm(kv_dim, eps=config.norm_eps, **kw)
         self.out = nn.Linear(q_dim, d, bias=False, **kw)
         # timm's SwiGLU has the official layout: fc1_g = gate_proj, fc1_x = up_proj, fc2 = down_proj.
         self.mlp = SwiGLU(d, config.mlp_width, d, bias=False, **kw)
