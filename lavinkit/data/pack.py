@@ -34,7 +34,7 @@ from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, read_video_file
 from lavinkit.data.schema import is_valid_frames, make_sample, sanitize_key
 
 INDEX_NAME = "index.json"
-FIXED_MTIME = 946684800.0  # 2000-01-01T00:00:00Z: a fixed tar mtime makes shards byte-reproducible
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed (and an int: a float adds a pax header per member)
 DEFAULT_MAXCOUNT = 1000
 DEFAULT_MAXSIZE = 256e6
 
@@ -56,7 +56,7 @@ class PairShardWriter:
     """
 
     def __init__(self, out_dir: str | Path, prefix: str, *, maxcount: int = DEFAULT_MAXCOUNT,
-                 maxsize: float = DEFAULT_MAXSIZE, mtime: float = FIXED_MTIME):
+                 maxsize: float = DEFAULT_MAXSIZE, mtime: int = FIXED_MTIME):
         if maxcount < 1:
             raise PackError(f"maxcount must be >= 1, got {maxcount}")
         self.out_dir = Path(out_dir)

