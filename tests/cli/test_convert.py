@@ -47,7 +47,7 @@ def test_stvae_both_ways_with_torch_file(tmp_path):
     pt = tmp_path / "stvae.pt"
     torch.save({"state_dict": state}, pt)
     ours = tmp_path / "vae.safetensors"
-    assert main(["convert", str(pt), str(ours), "--kind", "stvae", "--official_kwargs", VAE_KW]) == 0
+    assert main(["convert", str(pt), str(ours), "--kind", "stvae", "--official-kwargs", VAE_KW]) == 0
     back = tmp_path / "back.pt"
     assert main(["convert", str(ours), str(back), "--kind", "stvae", "--to", "official"]) == 0
     exported = torch.load(back, weights_only=True)["state_dict"]
