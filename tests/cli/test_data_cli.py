@@ -62,3 +62,21 @@ def test_pack_task_folders_and_config(tmp_path, capsys):
     shutil.rmtree(root / "flip")
     assert main(["data", "pack", "--task-folders", str(tmp_path / "absent"), "--out", str(tmp_path / "o3")]) == 1
     assert "absent" in capsys.readouterr().err
+
+
+def test_pack_videos(tmp_path, capsys):
+    from lavinkit.data.media import encode_mp4
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = np.stack([np.roll(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8), i, axis=1)
+                       for i in range(12)])
+    (videos / "pan.mp4").write_bytes(encode_mp4(frames))
+    out = tmp_path / "out"
+    assert main(["data", "pack", "--videos", str(videos), "--transform", "video_denoising", "--frames", "5",
+                 "--size", "32", "--out", str(out)]) == 0
+    assert "packed 2 pairs" in capsys.readouterr().out
+    assert main(["data", "validate", str(out), "--decode", "false"]) == 0
+    assert main(["data", "pack", "--videos", str(videos), "--transform", "video_denoising", "--frames", "6",
+                 "--out", str(tmp_path / "o2")]) == 1
+    assert "--frames must be 1 + 4k" in capsys.readouterr().err
