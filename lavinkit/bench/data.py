@@ -9,7 +9,8 @@ For every shard set and worker count it times, in the same run and over the same
 
 Both decode the same number of pairs per batch; ``overhead = plain pairs/s / grouped pairs/s - 1``.
 Numbers are medians over ``--repeats`` runs of ``--batches`` batches each, after 2 warm-up batches
-(worker start-up is not timed). Without ``--images``/``--clips`` a demo set (64x64 png pairs,
+(worker start-up is not timed), per wall-clock second and per CPU second of the main process plus
+its workers (the second is the figure to compare on a machine shared with other jobs). Without ``--images``/``--clips`` a demo set (64x64 png pairs,
 17-frame 64x64 mp4 clips) is built in a temporary folder with :func:`lavinkit.data.demo.build_demo`.
 """
 
@@ -54,8 +55,29 @@ def _grouped_stream(urls: list[str], *, modality: str, batch_size: int, k: int, 
     )
 
 
-def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> float:
-    """Pairs per second over ``batches`` batches after 2 warm-up batches."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes ``pids`` (Linux ``/proc``; 0 where unreadable)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[float, float]:
+    """``(pairs per wall second, pairs per CPU second)`` over ``batches`` batches after 2 warm-up batches.
+
+    CPU seconds add the main process and the loader's workers: on a shared machine the wall-clock rate
+    follows the load of other processes, the CPU rate much less.
+    """
+    import os
+
     from lavinkit.data.pipeline import worker_init
 
     loader = torch.utils.data.DataLoader(
@@ -64,16 +86,16 @@ def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> float:
     it = iter(loader)
     for _ in range(2):
         next(it)
-    start = time.perf_counter()
+    pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+    cpu0, start = _cpu_seconds(pids), time.perf_counter()
     for _ in range(batches):
         batch = next(it)
-        assert (
-            batch["input"].shape[0] * (batch["input"].shape[1] if batch["input"].ndim == 6 else 1)
-            == pairs_per_batch
-        )
-    elapsed = time.perf_counter() - start
+        n = batch["input"].shape[0] * (batch["input"].shape[1] if batch["input"].ndim == 6 else 1)
+        assert n == pairs_per_batch, (n, pairs_per_batch)
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds(pids) - cpu0
     del it
-    return batches * pairs_per_batch / elapsed
+    pairs = batches * pairs_per_batch
+    return pairs / elapsed, pairs / max(cpu, 1e-9)
 
 
 def run(
@@ -121,41 +143,35 @@ def run(
         for w in workers:
             grouped, plain = [], []
             for r in range(repeats):
-                grouped.append(
-                    _time(
-                        _grouped_stream(
-                            shard_urls,
-                            modality=modality,
-                            batch_size=bs,
-                            k=num_context,
-                            seed=seed + r,
-                            shuffle=shuffle,
-                        ),
-                        w,
-                        n_batches,
-                        ppb,
-                    )
+                stream = _grouped_stream(
+                    shard_urls,
+                    modality=modality,
+                    batch_size=bs,
+                    k=num_context,
+                    seed=seed + r,
+                    shuffle=shuffle,
                 )
-                plain.append(
-                    _time(
-                        _plain_pipeline(shard_urls, pairs_per_batch=ppb, seed=seed + r, shuffle=shuffle),
-                        w,
-                        n_batches,
-                        ppb,
-                    )
+                grouped.append(_time(stream, w, n_batches, ppb))
+                plain_stream = _plain_pipeline(
+                    shard_urls, pairs_per_batch=ppb, seed=seed + r, shuffle=shuffle
                 )
-            g, p = statistics.median(grouped), statistics.median(plain)
-            rows.append(
-                {
-                    "kind": modality,
-                    "workers": w,
-                    "batch": f"{bs}x{num_context + 1}",
-                    "grouped_batches_s": g / ppb,
-                    "grouped_pairs_s": g,
-                    "plain_pairs_s": p,
-                    "overhead": p / g - 1.0,
-                }
-            )
+                plain.append(_time(plain_stream, w, n_batches, ppb))
+            g, p = statistics.median(x for x, _ in grouped), statistics.median(x for x, _ in plain)
+            gc, pc = statistics.median(x for _, x in grouped), statistics.median(x for _, x in plain)
+            row = {
+                "kind": modality,
+                "workers": w,
+                "batch": f"{bs}x{num_context + 1}",
+                "grouped_batches_s": g / ppb,
+                "grouped_pairs_s": g,
+                "plain_pairs_s": p,
+                "overhead": p / g - 1.0,
+                "grouped_pairs_cpu_s": gc,
+                "plain_pairs_cpu_s": pc,
+                "overhead_cpu": pc / gc - 1.0,
+            }
+            rows.append(row)
+            print(format_rows([row], header=not rows[:-1]), file=sys.stderr, flush=True)
     if tmp is not None:
         import shutil
 
@@ -163,13 +179,18 @@ def run(
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
-    head = f"{'kind':<6} {'workers':>7} {'batch BxN':>10} {'batches/s':>10} {'pairs/s':>9} {'plain pairs/s':>14} {'overhead':>9}"
-    lines = [head, "-" * len(head)]
+def format_rows(rows: list[dict], header: bool = True) -> str:
+    """A text table: wall-clock rates, then the same per CPU second (main process + workers)."""
+    head = (
+        f"{'kind':<6} {'workers':>7} {'batch BxN':>10} {'batches/s':>10} {'pairs/s':>9} {'plain pairs/s':>14} "
+        f"{'overhead':>9} {'pairs/cpu-s':>12} {'plain/cpu-s':>12} {'overhead':>9}"
+    )
+    lines = [head, "-" * len(head)] if header else []
     for r in rows:
         lines.append(
             f"{r['kind']:<6} {r['workers']:>7} {r['batch']:>10} {r['grouped_batches_s']:>10.1f} "
-            f"{r['grouped_pairs_s']:>9.0f} {r['plain_pairs_s']:>14.0f} {r['overhead']:>+9.1%}"
+            f"{r['grouped_pairs_s']:>9.0f} {r['plain_pairs_s']:>14.0f} {r['overhead']:>+9.1%} "
+            f"{r['grouped_pairs_cpu_s']:>12.0f} {r['plain_pairs_cpu_s']:>12.0f} {r['overhead_cpu']:>+9.1%}"
         )
     return "\n".join(lines)
 

@@ -254,8 +254,9 @@ class _PairDataModule(pl.LightningDataModule):
                     stacklevel=2,
                 )
             if self.val_batches is not None:
-                share = self.val_batches // len(self._val_sources)
-                share = max(1, share)
+                # split between sources; the first ones take the remainder
+                i, n_src = self._val_sources.index(src), len(self._val_sources)
+                share = max(1, self.val_batches // n_src + (i < self.val_batches % n_src))
                 quotas[src.name] = [len(range(w, share, workers)) for w in range(workers)]
                 continue
             quota = []
