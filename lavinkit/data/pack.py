@@ -66,7 +66,8 @@ class PairShardWriter:
         self.shards: dict[str, dict] = {}
 
     def write(self, sample: dict) -> None:
-        """Write one sample made by :func:`lavinkit.data.schema.make_sample`."""
+        """Write one sample (from :func:`lavinkit.data.schema.make_sample`, or any sample whose json has
+        ``"task"``; ``modality``/``frames``/``height``/``width`` go to the index when present)."""
         import webdataset as wds
 
         if self._writer is None:
@@ -77,15 +78,16 @@ class PairShardWriter:
         self._writer.write(sample)
         meta = json.loads(sample["json"])
         name = Path(self._writer.fname).name
-        rec = self.shards.setdefault(name, {"url": name, "modality": meta["modality"], "samples": 0, "bytes": 0,
+        modality = meta.get("modality", "unknown")
+        rec = self.shards.setdefault(name, {"url": name, "modality": modality, "samples": 0, "bytes": 0,
                                             "tasks": {}, "frames": [], "sizes": []})
         rec["samples"] += 1
         rec["tasks"][meta["task"]] = rec["tasks"].get(meta["task"], 0) + 1
-        if meta["frames"] not in rec["frames"]:
+        if "frames" in meta and meta["frames"] not in rec["frames"]:
             rec["frames"].append(meta["frames"])
-        if [meta["height"], meta["width"]] not in rec["sizes"]:
+        if "height" in meta and [meta["height"], meta["width"]] not in rec["sizes"]:
             rec["sizes"].append([meta["height"], meta["width"]])
-        if rec["modality"] != meta["modality"]:
+        if rec["modality"] != modality:
             rec["modality"] = "mixed"
 
     def close(self) -> list[dict]:
