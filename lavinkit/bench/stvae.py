@@ -1,0 +1,166 @@
+"""``lavinkit bench stvae``: ST-VAE encode/decode throughput and peak memory on CPU, side by side with
+diffusers' ``AutoencoderKLCogVideoX`` at a matched configuration, plus long-clip decode memory with and
+without temporal chunking.
+
+Every case runs in a fresh subprocess (so peak memory is not polluted by earlier cases); peak memory is the
+growth of the process's peak RSS (``resource.getrusage().ru_maxrss``) while the measured calls run, over the
+RSS after the model and inputs exist. Throughput is frames per second from the median of ``--repeats`` timed
+calls after one warm-up call.
+
+diffusers' VAE always processes frames in batches carrying a conv cache (8 frames per encoder call, 2 latent
+frames per decoder call); ``ours (chunk 8)`` uses exactly the same chunk boundaries, ``ours`` the whole clip.
+
+    lavinkit bench stvae                       # small preset, 2 threads, 5 repeats
+    lavinkit bench stvae --preset tiny --repeats 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+IMPLS = ("ours", "ours-chunk8", "diffusers")
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _build(impl: str, preset: str):
+    import torch
+
+    from lavinkit.models.stvae import STVAE, STVAEConfig
+
+    cfg = STVAEConfig.from_name(preset)
+    torch.manual_seed(0)
+    if impl == "diffusers":
+        from diffusers import AutoencoderKLCogVideoX
+
+        model = AutoencoderKLCogVideoX(
+            block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+            latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups, norm_eps=cfg.norm_eps,
+            temporal_compression_ratio=cfg.temporal_compression,
+        ).eval()
+        return model, lambda x: model.encode(x).latent_dist.mean, lambda z: model.decode(z).sample
+    model = STVAE(cfg).eval()
+    if impl == "ours-chunk8":
+        model.enable_chunking(8)
+    return model, lambda x: model.encode(x).mean, model.decode
+
+
+def worker(case: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in this process: ``{"impl", "preset", "op", "frames", "size", "repeats", "threads"}``."""
+    import torch
+
+    torch.set_num_threads(case["threads"])
+    model, enc, dec = _build(case["impl"], case["preset"])
+    t, s = case["frames"], case["size"]
+    lat_t, lat_s = 1 + (t - 1) // 4, s // 8
+    g = torch.Generator().manual_seed(0)
+    if case["op"] == "encode":
+        inp, fn = torch.rand(1, 3, t, s, s, generator=g) * 2 - 1, enc
+    else:
+        inp, fn = torch.randn(1, model.config.latent_channels, lat_t, lat_s, lat_s, generator=g), dec
+    if case.get("chunk_frames"):
+        model.enable_chunking(case["chunk_frames"])
+    times = []
+    with torch.inference_mode():
+        base = _rss_mb()
+        fn(inp)  # warm-up
+        for _ in range(case["repeats"]):
+            t0 = time.perf_counter()
+            fn(inp)
+            times.append(time.perf_counter() - t0)
+        peak = _rss_mb() - base
+    med = statistics.median(times)
+    return {**case, "median_s": med, "frames_per_s": t / med, "peak_rss_delta_mb": peak}
+
+
+def _run_case(case: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "lavinkit.bench.stvae", "--worker", json.dumps(case)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(case["threads"])})
+    if proc.returncode != 0:
+        return {**case, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _have_diffusers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("diffusers") is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "--worker":
+        print(json.dumps(worker(json.loads(argv[1]))))
+        return 0
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(prog="lavinkit bench stvae", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", action="config")
+    p.add_argument("--preset", default="small", help="ST-VAE preset used for both implementations")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads per case")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
+    p.add_argument("--clip", type=list[int], default=[17, 64], help="clip case: frames, size")
+    p.add_argument("--image", type=int, default=256, help="image case: size (1 frame)")
+    p.add_argument("--long_frames", type=list[int], default=[17, 33, 65], help="long-clip decode frame counts")
+    p.add_argument("--long_size", type=int, default=128, help="long-clip size")
+    p.add_argument("--long_preset", default="tiny", help="preset for the long-clip decode memory cases")
+    p.add_argument("--chunk_frames", type=int, default=8, help="chunk size (pixel frames) for the long-clip cases")
+    p.add_argument("--skip_diffusers", type=bool, default=False, help="only measure lavinkit")
+    p.add_argument("--skip_long", type=bool, default=False, help="skip the long-clip memory cases")
+    p.add_argument("--json", default=None, help="also write all results to this file")
+    args = p.parse_args(argv or [])
+
+    impls = [i for i in IMPLS if i != "diffusers" or not args.skip_diffusers]
+    if "diffusers" in impls and not _have_diffusers():
+        print("diffusers is not installed (pip install 'lavinkit[bench]'); measuring lavinkit only", file=sys.stderr)
+        impls.remove("diffusers")
+    common = dict(preset=args.preset, threads=args.threads, repeats=args.repeats)
+    shapes = [("clip", args.clip[0], args.clip[1]), ("image", 1, args.image)]
+    results: list[dict[str, Any]] = []
+    print(f"ST-VAE preset {args.preset!r}, {args.threads} threads, median of {args.repeats}; "
+          "peak = peak RSS growth during the calls")
+    print(f"{'case':<22}{'impl':<14}{'frames/s':>10}{'median s':>10}{'peak MB':>10}{'speed vs diffusers':>20}")
+    for label, frames, size in shapes:
+        for op in ("encode", "decode"):
+            rows = {impl: _run_case({**common, "impl": impl, "op": op, "frames": frames, "size": size})
+                    for impl in impls}
+            results.extend(rows.values())
+            ref = rows.get("diffusers")
+            for impl, r in rows.items():
+                case = f"{op} {label} {frames}x{size}"
+                if "error" in r:
+                    print(f"{case:<22}{impl:<14} error: {r['error']}")
+                    continue
+                ratio = ""
+                if ref and "error" not in ref and impl != "diffusers":
+                    ratio = f"{r['frames_per_s'] / ref['frames_per_s']:.2f}x"
+                print(f"{case:<22}{impl:<14}{r['frames_per_s']:>10.2f}{r['median_s']:>10.3f}"
+                      f"{r['peak_rss_delta_mb']:>10.1f}{ratio:>20}")
+    if not args.skip_long:
+        print(f"\nlong-clip decode, preset {args.long_preset!r}, {args.long_size}x{args.long_size}: "
+              f"peak MB without / with chunking ({args.chunk_frames} frames)")
+        for frames in args.long_frames:
+            row = []
+            for chunk in (None, args.chunk_frames):
+                r = _run_case({**common, "preset": args.long_preset, "repeats": 1, "impl": "ours", "op": "decode",
+                               "frames": frames, "size": args.long_size, "chunk_frames": chunk})
+                results.append(r)
+                row.append("error" if "error" in r else f"{r['peak_rss_delta_mb']:.1f}")
+            print(f"  {frames:>3} frames: {row[0]:>8} / {row[1]:>8}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
