@@ -100,6 +100,8 @@ class JDiTModule(LightningModule):
         encode_batch_size: images/clips per VAE encoder call.
         seed: seed of the per-step generators (dropout, time, noise).
         compile: ``torch.compile`` every J-DiT block.
+        max_nonfinite_steps: a step whose loss is NaN/Inf on any rank is skipped on every rank together (no
+            update, no EMA update); the run stops after this many such steps.
         sampler: validation/test ODE sampler (default: Euler on the official 20-point grid).
         guidance: classifier-free guidance of validation/test sampling (default: scale 1.5, batched).
         val_samples_per_task: sampled examples per task in each validation epoch (0 disables sampling; the
@@ -127,6 +129,7 @@ class JDiTModule(LightningModule):
         compile: bool = False,
         sampler: ODESampler | None = None,
         guidance: ClassifierFreeGuidance | None = None,
+        max_nonfinite_steps: int = 10,
         val_samples_per_task: int = 2,
         test_samples_per_task: int | None = None,
         sample_seed: int = 0,
@@ -168,6 +171,8 @@ class JDiTModule(LightningModule):
         self.compile_blocks = bool(compile)
         self.sampler = sampler if sampler is not None else EulerSampler(num_steps=20, grid="official")
         self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.nonfinite_steps = 0
         self.val_samples_per_task = int(val_samples_per_task)
         self.test_samples_per_task = test_samples_per_task
         self.sample_seed = int(sample_seed)
@@ -208,7 +213,10 @@ class JDiTModule(LightningModule):
             kind, _, state = load_pretrained(self.init_weights)
             if kind != "jdit":
                 raise ValueError(f"JDiTModule: init_weights={self.init_weights!r} holds a {kind!r} model, not a J-DiT")
-            dit.load_state_dict(state, strict=True)
+            # under a sharded strategy the model is built on the meta device: assign the loaded tensors
+            meta = any(p.is_meta for p in dit.parameters())
+            dit.load_state_dict(state, strict=True, assign=meta)
+            dit.freeze_dead_parameters(self.dit_config.freeze_dead_params)
         if self.compile_blocks:
             for block in dit.modules():
                 if isinstance(block, dit.block_class):
@@ -271,7 +279,9 @@ class JDiTModule(LightningModule):
 
     def _generator(self, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
         batch_idx = getattr(self, "_batch_idx", 0)
-        seed = _step_seed(self.seed, *map(ord, stream), self.global_step, batch_idx, self.global_rank)
+        # evaluation draws do not depend on the step: validation losses are comparable between epochs
+        step = self.global_step if self.training else -1
+        seed = _step_seed(self.seed, *map(ord, stream), step, batch_idx, self.global_rank)
         return torch.Generator(device=device).manual_seed(seed)
 
     # ------------------------------------------------------------------ training
@@ -290,10 +300,23 @@ class JDiTModule(LightningModule):
             generator=self._generator("time"), noise_generator=self._generator("noise", x1.device),
         )  # fmt: skip
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         self._batch_idx = batch_idx
         terms = self.flow_loss(batch, dropout=self.context_dropout)
         b = terms["t"].shape[0]
+        finite = bool(torch.isfinite(terms["loss"]))
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # skip on all ranks or none
+        if not finite:
+            self.nonfinite_steps += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=b)
+            if self.nonfinite_steps > self.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"JDiTModule: non-finite loss in {self.nonfinite_steps} steps (max_nonfinite_steps="
+                    f"{self.max_nonfinite_steps}); last at global step {self.global_step}, batch keys "
+                    f"{[row[-1] for row in batch.get('keys', [])]}"
+                )
+            return None
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=b)
         self.log("train/mse", terms["mse"], batch_size=b)
         self.log("train/l1", terms["l1"], batch_size=b)

@@ -211,3 +211,28 @@ def test_bad_inputs_fail_clearly(tiny_vae, tmp_path):
         JDiTModule(dit="tiny", vae=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="context_dropout"):
         JDiTModule(dit="tiny", context_dropout=1.0)
+
+
+def test_nonfinite_loss_skips_the_step_then_stops(demo_data, tiny_vae, tmp_path):
+    def nan_first(module):
+        original, calls = module.flow_loss, []
+
+        def patched(batch, *, dropout):
+            terms = original(batch, dropout=dropout)
+            calls.append(1)
+            if len(calls) == 1:
+                terms["loss"] = terms["loss"] * float("nan")
+            return terms
+
+        module.flow_loss = patched
+        return module
+
+    module = nan_first(JDiTModule(dit="tiny", vae=str(tiny_vae), optimizer=_adamw()))
+    trainer = _trainer(tmp_path / "a", 1, [])
+    trainer.fit(module, datamodule=_datamodule(demo_data, steps_per_epoch=4))
+    assert trainer.global_step == 1 and module.nonfinite_steps == 1
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+    module = nan_first(JDiTModule(dit="tiny", vae=str(tiny_vae), optimizer=_adamw(), max_nonfinite_steps=0))
+    with pytest.raises(FloatingPointError, match="max_nonfinite_steps=0"):
+        _trainer(tmp_path / "b", 1, []).fit(module, datamodule=_datamodule(demo_data, steps_per_epoch=4))
