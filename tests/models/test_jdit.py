@@ -260,3 +260,29 @@ def test_bf16_autocast_and_bf16_weights():
     assert (out.detach() - ref).abs().max() < 0.1 * ref.abs().max()
     bf16 = _tiny().to(torch.bfloat16)
     assert bf16(x.bfloat16(), t, ctx.bfloat16()).dtype == torch.bfloat16
+
+
+def test_sequence_positions_and_mask():
+    from lavinkit.models.jdit import joint_positions, key_padding_mask
+
+    pos = joint_positions(2, 1, 2, 3)
+    assert pos.shape == (18, 3) and pos[12].tolist() == [2, 0, 0]
+    per_row = joint_positions(2, 1, 2, 3, context_lengths=torch.tensor([2, 1]))
+    assert per_row.shape == (2, 18, 3)
+    torch.testing.assert_close(per_row[0], pos)
+    assert per_row[1, 12:, 0].tolist() == [1] * 6 and per_row[1, :12].tolist() == pos[:12].tolist()
+    mask = key_padding_mask(torch.tensor([2, 1]), 2, 1, 6)
+    assert mask.shape == (2, 1, 1, 18)
+    assert mask[0].all() and mask[1, 0, 0, :6].all() and not mask[1, 0, 0, 6:12].any() and mask[1, 0, 0, 12:].all()
+
+
+def test_cfg_batch_with_single_context_frame():
+    """Tc = 1: the null context (2 frames) is the longer one, so the conditional row gets padded."""
+    model = _tiny().eval()
+    x, t, ctx = _inputs(tc=1)
+    x2, t2, ctx2, lengths = cfg_batch(x, t, ctx)
+    assert ctx2.shape[2] == 2 and lengths.tolist() == [1, 1, 2, 2]
+    with torch.no_grad():
+        c, u = model(x2, t2, ctx2, context_lengths=lengths).chunk(2)
+        torch.testing.assert_close(c, model(x, t, ctx), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(u, model(x, t, null_context(ctx)), atol=1e-5, rtol=1e-5)
