@@ -151,6 +151,13 @@ def test_validation_logs_per_task_pixel_metrics(demo_data, tiny_vae, tmp_path):
     assert any(k.endswith("/ssim") for k in metrics)
     assert list(Path(tmp_path).rglob("events.out.tfevents*"))
 
+    # `lavinkit test`: every example of the loader sampled, a per-task table
+    dm = _datamodule(demo_data, batch_size=4)
+    dm.setup("validate")
+    module.test_samples_per_task = None
+    results = trainer.test(module, dataloaders=dm.val_dataloader())[0]
+    assert any(k.startswith("test/") and k.endswith("/psnr") for k in results) and "test/ssim" in results
+
 
 def test_context_dropout_is_the_inference_null_context(demo_data, tiny_vae):
     torch.manual_seed(0)
