@@ -96,3 +96,13 @@ def test_bad_head_counts():
     for name in available_attention():
         with pytest.raises(ValueError, match="multiple of key/value heads"):
             get_attention(name)(q, k, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", available_attention())
+@pytest.mark.parametrize("masked", [False, True])
+def test_backend_matches_naive_on_cuda(name, masked):
+    q, k, v = (a.detach().cuda().half() for a in _inputs(hkv=2, d=16))
+    mask = _key_mask(2, k.shape[2]).cuda() if masked else None
+    out = get_attention(name)(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out.float(), naive_attention(q, k, v, attn_mask=mask).float(), atol=2e-3, rtol=2e-3)

@@ -18,8 +18,17 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
 
 @register_attention("sdpa")
 def sdpa_attention(q, k, v, *, attn_mask=None, scale=None):
-    """``F.scaled_dot_product_attention``; GQA via ``enable_gqa`` (query head h reads kv head h // group)."""
+    """``F.scaled_dot_product_attention``; query head h reads kv head h // group.
+
+    GQA uses ``enable_gqa`` except for masked CUDA inputs: there the memory-efficient kernel (the one
+    that takes masks) does not support ``enable_gqa`` and SDPA would fall back to the math kernel, so
+    the kv heads are repeated instead.
+    """
     group = _check_heads(q, k, v)
+    if group > 1 and attn_mask is not None and q.is_cuda:
+        k = k.repeat_interleave(group, dim=1)  # [B, Hkv, L, D] -> [B, H, L, D]
+        v = v.repeat_interleave(group, dim=1)
+        group = 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=group > 1)
 
 
