@@ -2,10 +2,12 @@
 diffusers' ``AutoencoderKLCogVideoX`` at a matched configuration, plus long-clip decode memory with and
 without temporal chunking.
 
-Every case runs in a fresh subprocess (so peak memory is not polluted by earlier cases); peak memory is the
-growth of the process's peak RSS (``resource.getrusage().ru_maxrss``) while the measured calls run, over the
-RSS after the model and inputs exist. Throughput is frames per second from the median of ``--repeats`` timed
-calls after one warm-up call.
+Every case runs in a fresh subprocess (so peak memory is not polluted by earlier cases). Two peak-memory
+figures: ``rss`` = growth of the process's peak RSS (``resource.getrusage().ru_maxrss``) during the calls over
+the RSS once the model and inputs exist (includes allocator and oneDNN scratch, a little noisy), and
+``tensors`` = peak bytes of live tensor storages created during one call, tracked exactly by a
+``TorchDispatchMode`` (torch CPU allocations are invisible to ``tracemalloc``). Throughput is frames per second
+from the median of ``--repeats`` timed calls after one warm-up call.
 
 diffusers' VAE always processes frames in batches carrying a conv cache (8 frames per encoder call, 2 latent
 frames per decoder call); ``ours (chunk 8)`` uses exactly the same chunk boundaries, ``ours`` the whole clip.
@@ -25,6 +27,54 @@ import time
 from typing import Any
 
 IMPLS = ("ours", "ours-chunk8", "diffusers")
+
+
+class PeakTensorMemory:
+    """Context manager: peak bytes of tensor storages allocated by ops run inside it and still alive."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._track(out)
+                return out
+
+        self.current = self.peak = 0
+        self._live: set[int] = set()
+        self._mode = _Mode()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self._live.discard(key)
+
+    def _track(self, out) -> None:
+        import weakref
+
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or key in self._live:
+                continue
+            self._live.add(key)
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._release, key, nbytes)
+
+    def __enter__(self) -> PeakTensorMemory:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
 
 
 def _rss_mb() -> float:
@@ -79,8 +129,11 @@ def worker(case: dict[str, Any]) -> dict[str, Any]:
             fn(inp)
             times.append(time.perf_counter() - t0)
         peak = _rss_mb() - base
+        with PeakTensorMemory() as tracked:
+            fn(inp)
     med = statistics.median(times)
-    return {**case, "median_s": med, "frames_per_s": t / med, "peak_rss_delta_mb": peak}
+    return {**case, "median_s": med, "frames_per_s": t / med, "peak_rss_delta_mb": peak,
+            "peak_tensor_mb": tracked.peak / 2**20}
 
 
 def _run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk_frames", type=int, default=8, help="chunk size (pixel frames) for the long-clip cases")
     p.add_argument("--skip_diffusers", type=bool, default=False, help="only measure lavinkit")
     p.add_argument("--skip_long", type=bool, default=False, help="skip the long-clip memory cases")
+    p.add_argument("--skip_speed", type=bool, default=False, help="skip the side-by-side speed/memory cases")
     p.add_argument("--json", default=None, help="also write all results to this file")
     args = p.parse_args(argv or [])
 
@@ -124,11 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         print("diffusers is not installed (pip install 'lavinkit[bench]'); measuring lavinkit only", file=sys.stderr)
         impls.remove("diffusers")
     common = dict(preset=args.preset, threads=args.threads, repeats=args.repeats)
-    shapes = [("clip", args.clip[0], args.clip[1]), ("image", 1, args.image)]
+    shapes = [] if args.skip_speed else [("clip", args.clip[0], args.clip[1]), ("image", 1, args.image)]
     results: list[dict[str, Any]] = []
     print(f"ST-VAE preset {args.preset!r}, {args.threads} threads, median of {args.repeats}; "
           "peak = peak RSS growth during the calls")
-    print(f"{'case':<22}{'impl':<14}{'frames/s':>10}{'median s':>10}{'peak MB':>10}{'speed vs diffusers':>20}")
+    print(f"{'case':<22}{'impl':<13}{'frames/s':>9}{'median s':>9}{'rss MB':>8}{'tensors MB':>11}"
+          f"{'speed vs diffusers':>20}")
     for label, frames, size in shapes:
         for op in ("encode", "decode"):
             rows = {impl: _run_case({**common, "impl": impl, "op": op, "frames": frames, "size": size})
@@ -138,24 +193,24 @@ def main(argv: list[str] | None = None) -> int:
             for impl, r in rows.items():
                 case = f"{op} {label} {frames}x{size}"
                 if "error" in r:
-                    print(f"{case:<22}{impl:<14} error: {r['error']}")
+                    print(f"{case:<22}{impl:<13} error: {r['error']}")
                     continue
                 ratio = ""
                 if ref and "error" not in ref and impl != "diffusers":
                     ratio = f"{r['frames_per_s'] / ref['frames_per_s']:.2f}x"
-                print(f"{case:<22}{impl:<14}{r['frames_per_s']:>10.2f}{r['median_s']:>10.3f}"
-                      f"{r['peak_rss_delta_mb']:>10.1f}{ratio:>20}")
+                print(f"{case:<22}{impl:<13}{r['frames_per_s']:>9.2f}{r['median_s']:>9.3f}"
+                      f"{r['peak_rss_delta_mb']:>8.1f}{r['peak_tensor_mb']:>11.1f}{ratio:>20}")
     if not args.skip_long:
         print(f"\nlong-clip decode, preset {args.long_preset!r}, {args.long_size}x{args.long_size}: "
-              f"peak MB without / with chunking ({args.chunk_frames} frames)")
+              f"peak MB (rss, tensors) without / with chunking ({args.chunk_frames} frames)")
         for frames in args.long_frames:
             row = []
             for chunk in (None, args.chunk_frames):
                 r = _run_case({**common, "preset": args.long_preset, "repeats": 1, "impl": "ours", "op": "decode",
                                "frames": frames, "size": args.long_size, "chunk_frames": chunk})
                 results.append(r)
-                row.append("error" if "error" in r else f"{r['peak_rss_delta_mb']:.1f}")
-            print(f"  {frames:>3} frames: {row[0]:>8} / {row[1]:>8}")
+                row.append("error" if "error" in r else f"{r['peak_rss_delta_mb']:.0f}, {r['peak_tensor_mb']:.0f}")
+            print(f"  {frames:>3} frames: {row[0]:>12} / {row[1]:>12}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -21,8 +21,10 @@ def per_frame_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor 
     """GroupNorm of ``x`` ``[B, C, T, H, W]`` with statistics per (sample, group, frame) -> same shape."""
     b, c, t, h, w = x.shape
     xg = x.view(b, num_groups, c // num_groups, t, h, w)
+    if xg.dtype in (torch.float16, torch.bfloat16):
+        xg = xg.float()  # statistics in float32, like F.group_norm under autocast
     var, mean = torch.var_mean(xg, dim=(2, 4, 5), keepdim=True, correction=0)  # [B, G, 1, T, 1, 1]
-    y = ((xg - mean) * torch.rsqrt(var + eps)).view(b, c, t, h, w)
+    y = ((xg - mean) * torch.rsqrt(var + eps)).view(b, c, t, h, w).to(x.dtype)
     if weight is not None:
         y = torch.addcmul(bias.view(1, c, 1, 1, 1), y, weight.view(1, c, 1, 1, 1))
     return y
