@@ -4,8 +4,8 @@ For every shard set and worker count it times, in the same run and over the same
 
 * ``grouped``: the training stream of the DataModules (:class:`lavinkit.data.pipeline.PairStream`:
   resampled shards, shuffle, task grouping into k+1 pairs, decode, collate to the batch contract);
-* ``plain``: the plain WebDataset pipeline a user would write without grouping (resampled shards,
-  shuffle, ``decode_pair``, stack ``B x (k+1)`` pairs per batch).
+* ``plain``: the same reading without grouping (same resampled shards, tar reader, shuffle, checks,
+  decoder and collation), ``B x (k+1)`` pairs per batch.
 
 Both decode the same number of pairs per batch; ``overhead = plain pairs/s / grouped pairs/s - 1``.
 Numbers are medians over ``--repeats`` runs of ``--batches`` batches each, after 2 warm-up batches
@@ -26,24 +26,44 @@ from pathlib import Path
 import torch
 
 
-def _plain_pipeline(urls: list[str], *, pairs_per_batch: int, seed: int, shuffle: int):
-    import webdataset as wds
+class _PlainStream(torch.utils.data.IterableDataset):
+    """The grouped stream's reading without grouping: the same shards, reader, shuffle, checks, decoder
+    and collation, ``pairs_per_batch`` pairs per batch (``[P, 1, 3, T, H, W]``)."""
 
-    from lavinkit.data.schema import decode_pair
+    def __init__(self, urls: list[str], *, modality: str, pairs_per_batch: int, seed: int, shuffle: int):
+        super().__init__()
+        self.urls, self.modality, self.ppb, self.seed, self.shuffle = (
+            urls,
+            modality,
+            pairs_per_batch,
+            seed,
+            shuffle,
+        )
 
-    def collate(samples):
-        # list of decoded pairs -> {"input": float32 [P, 3, T, H, W], "target": same, "keys": [...]}
-        inp = torch.stack([s["input"] for s in samples]).to(torch.float32).div_(127.5).sub_(1.0)
-        tgt = torch.stack([s["target"] for s in samples]).to(torch.float32).div_(127.5).sub_(1.0)
-        return {"input": inp, "target": tgt, "keys": [s["key"] for s in samples]}
+    def __iter__(self):
+        import webdataset as wds
 
-    return wds.DataPipeline(
-        wds.ResampledShards(urls, seed=seed, deterministic=True, worker_seed=lambda: 0),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(shuffle, min(100, shuffle), seed=seed),
-        wds.map(decode_pair, handler=wds.warn_and_continue),
-        wds.batched(pairs_per_batch, collation_fn=collate, partial=False),
-    )
+        from lavinkit.data.pipeline import (
+            PixelDecoder,
+            SkipLog,
+            checked_pairs,
+            collate_examples,
+            derive_rng,
+            derive_seed,
+            raw_samples,
+        )
+
+        log, decode = SkipLog(), PixelDecoder(self.modality)
+        shards = wds.ResampledShards(
+            self.urls, seed=derive_seed("plain", self.seed), deterministic=True, worker_seed=lambda: 0
+        )
+        stream = wds.shuffle(self.shuffle, min(100, self.shuffle), rng=derive_rng("plain", self.seed))(
+            raw_samples(shards, log)
+        )
+        pairs = checked_pairs(stream, log)
+        while True:
+            chosen = [next(pairs) for _ in range(self.ppb)]
+            yield collate_examples([[p] for p in chosen], [[decode(p)] for p in chosen], latents=False)
 
 
 def _grouped_stream(urls: list[str], *, modality: str, batch_size: int, k: int, seed: int, shuffle: int):
@@ -78,10 +98,14 @@ def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[fl
     """
     import os
 
-    from lavinkit.data.pipeline import worker_init
+    from lavinkit.data.pipeline import worker_init, worker_start_method
 
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=workers, worker_init_fn=worker_init if workers else None
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
+        multiprocessing_context=worker_start_method(workers),
     )
     it = iter(loader)
     for _ in range(2):
@@ -152,8 +176,8 @@ def run(
                     shuffle=shuffle,
                 )
                 grouped.append(_time(stream, w, n_batches, ppb))
-                plain_stream = _plain_pipeline(
-                    shard_urls, pairs_per_batch=ppb, seed=seed + r, shuffle=shuffle
+                plain_stream = _PlainStream(
+                    shard_urls, modality=modality, pairs_per_batch=ppb, seed=seed + r, shuffle=shuffle
                 )
                 plain.append(_time(plain_stream, w, n_batches, ppb))
             g, p = statistics.median(x for x, _ in grouped), statistics.median(x for x, _ in plain)

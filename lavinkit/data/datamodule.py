@@ -49,6 +49,7 @@ from lavinkit.data.pipeline import (
     resolve_urls,
     task_counts_from_index,
     worker_init,
+    worker_start_method,
 )
 
 Urls = str | list[str]
@@ -89,6 +90,9 @@ class StreamLoader(DataLoader):
         self._position = position
 
     def __iter__(self):
+        method = worker_start_method(self.num_workers)
+        if method is not None and self.multiprocessing_context is None:
+            self.multiprocessing_context = method
         if self._position is not None:
             self.dataset.epoch, self.dataset.skip = self._position.begin(self._owner._trainer_epoch())
         return self._deliver(super().__iter__())

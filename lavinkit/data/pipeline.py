@@ -806,6 +806,20 @@ class PairStream(torch.utils.data.IterableDataset):
                 yield self._emit(self._make_batch(grouper, src, n, log, decode=True), log)
 
 
+def worker_start_method(num_workers: int) -> str | None:
+    """``"forkserver"`` once PyAV is loaded in this process, else ``None`` (the platform default, fork).
+
+    PyAV (libav) starts threads when it decodes or encodes; a DataLoader worker forked afterwards can
+    inherit one of their locks held and block forever on its first decode (seen with av 18). Forking
+    from the clean fork server avoids that at the cost of a slower worker start.
+    """
+    import sys
+
+    if num_workers > 0 and "av" in sys.modules:
+        return "forkserver"
+    return None
+
+
 def worker_init(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: one intra-op thread per worker (decode runs in many processes)."""
     torch.set_num_threads(1)

@@ -231,3 +231,38 @@ def test_constructed_from_yaml_class_path(tmp_path, demo_data):
     dm = parser.instantiate_classes(parser.parse_string(cfg)).data
     assert isinstance(dm, MixtureDataModule)
     assert dm.num_context == (1, 3) and dm.task_weights == {"colorization": 2.0}
+
+
+def test_bench_data_smoke(demo_data, capsys):
+    from lavinkit.bench.data import main
+
+    imgs = str(demo_data / "train" / "images-*.tar")
+    args = [
+        "--images",
+        imgs,
+        "--workers",
+        "[0]",
+        "--repeats",
+        "1",
+        "--batches",
+        "2",
+        "--image_batch_size",
+        "2",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "image" in out and "overhead" in out
+
+
+@pytest.mark.timeout(120)
+def test_workers_start_after_pyav_used_in_main_process(demo_data):
+    """PyAV threads in the parent must not deadlock forked workers (the loader switches to forkserver)."""
+    from lavinkit.data.media import decode_mp4
+    from lavinkit.data.pipeline import SkipLog, raw_samples, resolve_urls
+
+    urls = resolve_urls(demo_data / "train" / "videos-*.tar")
+    sample = next(raw_samples([{"url": urls[0]}], SkipLog()))
+    for _ in range(3):
+        decode_mp4(sample["input.mp4"])
+    dm = VideoPairDataModule(urls, batch_size=1, num_context=1, steps_per_epoch=2, num_workers=1)
+    assert len(list(dm.train_dataloader())) == 2
