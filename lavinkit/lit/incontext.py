@@ -58,7 +58,7 @@ def encode_pixels(
         mode: ``"mean"`` (posterior mean, deterministic) or ``"sample"`` (reparameterised draw).
         generator: RNG of the ``"sample"`` draws.
         max_batch: at most this many images/clips per encoder call (bounds activation memory).
-        dtype: autocast-free compute dtype for the encoder input (``None``: the VAE's parameter dtype).
+        dtype: dtype the pixels are cast to before encoding (``None``: the VAE's parameter dtype).
 
     Returns:
         ``[M, C, 1 + (T - 1) // 4, H / 8, W / 8]`` float32 normalised latents.
