@@ -8,7 +8,10 @@ For every shard set and worker count it times, in the same run and over the same
   decoder and collation), ``B x (k+1)`` pairs per batch.
 
 Both decode the same number of pairs per batch; ``overhead = plain pairs/s / grouped pairs/s - 1``.
-Numbers are medians over ``--repeats`` runs of ``--batches`` batches each, after 2 warm-up batches
+The grouping step alone is also timed on pre-read pairs (``group us/pair``; ``group share`` = that time
+as a fraction of a plain pair's CPU time): on a noisy machine it is the precise figure for the cost of
+grouping, while the end-to-end overhead carries the run-to-run noise.
+Numbers are medians over ``--repeats`` runs of ``--batches`` batches each, after 3 warm-up batches
 (worker start-up is not timed), per wall-clock second and per CPU second of the main process plus
 its workers (the second is the figure to compare on a machine shared with other jobs). Without ``--images``/``--clips`` a demo set (64x64 png pairs,
 17-frame 64x64 mp4 clips) is built in a temporary folder with :func:`lavinkit.data.demo.build_demo`.
@@ -91,7 +94,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[float, float]:
-    """``(pairs per wall second, pairs per CPU second)`` over ``batches`` batches after 2 warm-up batches.
+    """``(pairs per wall second, pairs per CPU second)`` over ``batches`` batches after 3 warm-up batches.
 
     CPU seconds add the main process and the loader's workers: on a shared machine the wall-clock rate
     follows the load of other processes, the CPU rate much less.
@@ -108,7 +111,7 @@ def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[fl
         multiprocessing_context=worker_start_method(workers),
     )
     it = iter(loader)
-    for _ in range(2):
+    for _ in range(3):
         next(it)
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
     cpu0, start = _cpu_seconds(pids), time.perf_counter()
@@ -119,7 +122,29 @@ def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[fl
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds(pids) - cpu0
     del it
     pairs = batches * pairs_per_batch
-    return pairs / elapsed, pairs / max(cpu, 1e-9)
+    # /proc counts CPU time in clock ticks (10 ms): too short a run has no CPU figure
+    return pairs / elapsed, (pairs / cpu if cpu >= 0.05 else float("nan"))
+
+
+def grouping_cost_us(urls: list[str], *, k: int, max_pairs: int = 4000) -> float:
+    """Microseconds per pair spent in :class:`~lavinkit.data.incontext.TaskGrouper` alone (pairs read
+    and checked beforehand, nothing decoded): the part of the grouped stream that plain reading lacks."""
+    from itertools import islice
+
+    from lavinkit.data.incontext import TaskGrouper
+    from lavinkit.data.pipeline import SkipLog, checked_pairs, raw_samples
+
+    pairs = list(
+        islice(checked_pairs(raw_samples(({"url": u} for u in urls), SkipLog()), SkipLog()), max_pairs)
+    )
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        grouper = TaskGrouper(iter(pairs))
+        while grouper.next_example(k + 1) is not None:
+            pass
+        best = min(best, time.perf_counter() - start)
+    return best / max(1, len(pairs)) * 1e6
 
 
 def run(
@@ -164,6 +189,7 @@ def run(
             continue
         shard_urls = resolve_urls(urls, what=f"--{'images' if modality == 'image' else 'clips'}")
         ppb = bs * (num_context + 1)
+        group_us = grouping_cost_us(shard_urls, k=num_context)
         for w in workers:
             grouped, plain = [], []
             for r in range(repeats):
@@ -193,6 +219,8 @@ def run(
                 "grouped_pairs_cpu_s": gc,
                 "plain_pairs_cpu_s": pc,
                 "overhead_cpu": pc / gc - 1.0,
+                "grouping_us_per_pair": group_us,
+                "grouping_share": group_us * 1e-6 * pc,
             }
             rows.append(row)
             print(format_rows([row], header=not rows[:-1]), file=sys.stderr, flush=True)
@@ -207,14 +235,16 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
     """A text table: wall-clock rates, then the same per CPU second (main process + workers)."""
     head = (
         f"{'kind':<6} {'workers':>7} {'batch BxN':>10} {'batches/s':>10} {'pairs/s':>9} {'plain pairs/s':>14} "
-        f"{'overhead':>9} {'pairs/cpu-s':>12} {'plain/cpu-s':>12} {'overhead':>9}"
+        f"{'overhead':>9} {'pairs/cpu-s':>12} {'plain/cpu-s':>12} {'overhead':>9} {'group us/pair':>14} "
+        f"{'group share':>12}"
     )
     lines = [head, "-" * len(head)] if header else []
     for r in rows:
         lines.append(
             f"{r['kind']:<6} {r['workers']:>7} {r['batch']:>10} {r['grouped_batches_s']:>10.1f} "
             f"{r['grouped_pairs_s']:>9.0f} {r['plain_pairs_s']:>14.0f} {r['overhead']:>+9.1%} "
-            f"{r['grouped_pairs_cpu_s']:>12.0f} {r['plain_pairs_cpu_s']:>12.0f} {r['overhead_cpu']:>+9.1%}"
+            f"{r['grouped_pairs_cpu_s']:>12.0f} {r['plain_pairs_cpu_s']:>12.0f} {r['overhead_cpu']:>+9.1%} "
+            f"{r['grouping_us_per_pair']:>14.2f} {r['grouping_share']:>12.2%}"
         )
     return "\n".join(lines)
 

@@ -25,7 +25,8 @@ Policies (all ranks and workers follow them without talking to each other):
 * Bad samples are skipped and counted (``skipped``, ``skipped_by_shard``, :class:`SkippedSamplesLogger`
   logs ``data/skipped``); beyond ``max_skipped`` the run stops naming the last bad shard and key.
 * Training loaders never use persistent workers: the epoch and the resume position reach the workers
-  when the epoch's iterator is created.
+  when the epoch's iterator is created. Once PyAV is loaded in the main process, workers start from a
+  fork server (see :func:`lavinkit.data.pipeline.worker_start_method`).
 """
 
 from __future__ import annotations
