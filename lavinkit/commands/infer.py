@@ -16,6 +16,11 @@
   (``.mp4``) = query | input/target pairs | result side by side, and ``Q.json`` recording the chosen pair
   names, seeds and settings. The chosen pairs are also printed.
 
+Held-out evaluation over several tasks: leave out ``--query`` and point ``--task-folder`` at a folder of
+task folders (e.g. ``demo_data/tasks``). For every task (``--tasks`` to pick some), the last
+``--queries-per-task`` pairs by name are the queries, never used as examples; their targets are shown next to
+the results, and ``results_grid.png`` in ``--out`` stacks one row per query: query | pairs | result | target.
+
 ``--vae`` / ``--dit`` take lavinkit weights files or training checkpoints, or official files (``stvae.pt``,
 ``lavin_dit.safetensors``). ``--checkpoint`` is a J-DiT training checkpoint (``JDiTModule`` ``.ckpt``): the
 J-DiT comes from it and, unless ``--vae`` is given, the ST-VAE path recorded in its hyper-parameters.
@@ -188,6 +193,72 @@ def _checkpoint_vae(checkpoint: Path) -> str:
     return str(vae)
 
 
+@dataclass
+class QueryJob:
+    """One query to answer: its file, its task folder and pairs, the pair it must not use, its known target."""
+
+    query: Path
+    folder: Path
+    pairs: dict[str, tuple[Path, Path]]
+    exclude: str | None
+    target: Path | None = None
+
+
+def plan_queries(args) -> list[QueryJob]:
+    """The queries of a run: ``--query`` files against one task folder, or held-out pairs of every task."""
+    root = Path(args.task_folder)
+    if args.query is not None:
+        pairs = find_pairs(root)
+        return [QueryJob(q, root, pairs, _query_pair_name(q, root)) for q in find_queries(Path(args.query))]
+    if args.queries_per_task < 1:
+        raise InferError(f"--queries-per-task must be >= 1, got {args.queries_per_task}")
+    if not root.is_dir():
+        raise InferError(f"--task-folder {root}: no such directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:  # a single task folder
+        folders = [root]
+    if args.tasks:
+        known = {p.name: p for p in folders}
+        missing = [t for t in args.tasks if t not in known]
+        if missing:
+            raise InferError(f"--tasks {missing}: no such task folder in {root} (have {sorted(known)})")
+        folders = [known[t] for t in args.tasks]
+    jobs = []
+    for folder in folders:
+        pairs = find_pairs(folder)
+        held_out = list(pairs)[-args.queries_per_task:]
+        if len(pairs) - len(held_out) < args.num_pairs:
+            raise InferError(f"--task-folder {folder}: {len(pairs)} pairs cannot give {len(held_out)} held-out "
+                             f"queries and --num-pairs {args.num_pairs} examples")
+        pool = {n: p for n, p in pairs.items() if n not in held_out}
+        jobs += [QueryJob(pairs[n][0], folder, pool, None, pairs[n][1]) for n in held_out]
+    return jobs
+
+
+def _results_sheet(rows: list[tuple[str, np.ndarray]]) -> bytes:
+    """One PNG: a labelled row per query (middle frame of clips), rows padded to the widest."""
+    from PIL import Image, ImageDraw
+
+    from lavinkit.data import media
+
+    label_width = 150
+    frames = [grid[grid.shape[0] // 2] for _, grid in rows]
+    width = max(f.shape[1] for f in frames) + label_width
+    height = sum(f.shape[0] for f in frames)
+    sheet = np.zeros((height, width, 3), dtype=np.uint8)
+    y = 0
+    for frame in frames:
+        sheet[y : y + frame.shape[0], label_width : label_width + frame.shape[1]] = frame
+        y += frame.shape[0]
+    image = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(image)
+    y = 0
+    for (label, _), frame in zip(rows, frames):
+        draw.text((4, y + frame.shape[0] // 2 - 6), label, fill=(255, 255, 255))
+        y += frame.shape[0]
+    return media.encode_image(np.asarray(image), "png")
+
+
 def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -197,8 +268,14 @@ def build_parser():
     p.add_argument("--dit", type=str | None, default=None, help="J-DiT weights (lavinkit or official safetensors)")
     p.add_argument("--checkpoint", type=str | None, default=None,
                    help="JDiTModule training checkpoint (.ckpt): J-DiT (+ its recorded ST-VAE unless --vae)")
-    p.add_argument("--query", type=str, required=True, help="query image/clip, or a folder of them")
-    p.add_argument("--task-folder", type=str, required=True, help="folder of NAME_input.EXT / NAME_target.EXT")
+    p.add_argument("--query", type=str | None, default=None,
+                   help="query image/clip, or a folder of them; omit for held-out queries of every task")
+    p.add_argument("--task-folder", type=str, required=True,
+                   help="folder of NAME_input.EXT / NAME_target.EXT (without --query: a folder of task folders)")
+    p.add_argument("--tasks", type=list[str] | None, default=None,
+                   help="without --query: the task folders to use (default: all)")
+    p.add_argument("--queries-per-task", type=int, default=1,
+                   help="without --query: held-out pairs per task used as queries (the last ones by name)")
     p.add_argument("--out", type=str, required=True, help="output folder")
     p.add_argument("--num-pairs", type=int, default=4, help="example pairs per query (seeded, no replacement)")
     p.add_argument("--steps", type=int, default=20, help="time-grid points (Euler: steps - 1 evaluations)")
@@ -245,12 +322,10 @@ def run(args) -> list[dict]:
         raise InferError("no ST-VAE given: pass --vae")
     if not Path(vae_path).is_file():
         raise InferError(f"--vae {vae_path}: no such file")
-    folder = Path(args.task_folder)
-    pairs = find_pairs(folder)
-    queries = find_queries(Path(args.query))
+    jobs = plan_queries(args)
     # check every pair-count before loading models (fail fast)
-    for q in queries:
-        choose_pairs(pairs, args.num_pairs, 0, _query_pair_name(q, folder), folder)
+    for job in jobs:
+        choose_pairs(job.pairs, args.num_pairs, 0, job.exclude, job.folder)
 
     from lavinkit.flow.grids import OFFICIAL_GRIDS, ShiftedGrid
 
@@ -272,11 +347,12 @@ def run(args) -> list[dict]:
         raise InferError(f"cannot build the pipeline from --vae {vae_path} / --dit {dit_path}: {err}") from err
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i, qpath in enumerate(queries):
+    records, rows = [], []
+    for i, job in enumerate(jobs):
         seed = args.seed + i
-        names = choose_pairs(pairs, args.num_pairs, seed, _query_pair_name(qpath, folder), folder)
-        print(f"[{i + 1}/{len(queries)}] {qpath.name}: pairs {names} (seed {seed})", flush=True)
+        qpath, folder, pairs = job.query, job.folder, job.pairs
+        names = choose_pairs(pairs, args.num_pairs, seed, job.exclude, folder)
+        print(f"[{i + 1}/{len(jobs)}] {folder.name}/{qpath.name}: pairs {names} (seed {seed})", flush=True)
         query = load_media(qpath, size, args.max_frames)
         loaded = [(load_media(pairs[n][0], size, args.max_frames), load_media(pairs[n][1], size, args.max_frames))
                   for n in names]  # fmt: skip
@@ -285,10 +361,13 @@ def run(args) -> list[dict]:
                    rounding=args.rounding)
         seconds = time.perf_counter() - start
         result = out.images[0].permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, 3] uint8
-        stem = qpath.stem
+        stem = f"{folder.name}_{qpath.stem}" if args.query is None else qpath.stem
         result_path = _write(out_dir / f"{stem}_result", result, args.fps)
         columns = [query.uint8] + [m.uint8 for pair in loaded for m in pair] + [result]
+        if job.target is not None:
+            columns.append(load_media(job.target, size, args.max_frames).uint8)
         grid_path = _write(out_dir / f"{stem}_grid", _grid_frames(columns), args.fps)
+        rows.append((folder.name, _grid_frames(columns)))
         record = {
             "query": str(qpath), "task_folder": str(folder), "pairs": names,
             "pair_files": [[str(pairs[n][0]), str(pairs[n][1])] for n in names], "seed": seed,
@@ -298,9 +377,15 @@ def run(args) -> list[dict]:
             "encode_mode": args.encode_mode, "vae": str(vae_path), "dit": str(dit_path),
             "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""), "seconds": round(seconds, 3),
         }  # fmt: skip
+        if job.target is not None:
+            record["target"] = str(job.target)
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
         print(f"    -> {result_path} ({out.nfe} evaluations, {seconds:.1f}s)", flush=True)
         records.append(record)
+    if args.query is None:
+        sheet = out_dir / "results_grid.png"
+        sheet.write_bytes(_results_sheet(rows))
+        print(f"results grid (query | pairs | result | target, one row per query): {sheet}", flush=True)
     return records
 
 

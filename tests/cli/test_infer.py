@@ -156,3 +156,30 @@ def test_checkpoint_brings_dit_and_recorded_vae(models, task, tmp_path):
     record = json.loads((out / "a.json").read_text())
     assert record["vae"] == str(vae) and record["dit"] == str(ckpt)
     assert main([*args, "--dit", str(dit_file)]) == 2  # --checkpoint and --dit are exclusive
+
+
+def test_held_out_queries_of_several_tasks(models, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "tasks"
+    for task_name in ("alpha", "beta"):
+        (root / task_name).mkdir(parents=True)
+        for i in range(4):
+            _png(root / task_name / f"p{i}_input.png", rng)
+            _png(root / task_name / f"p{i}_target.png", rng)
+    vae, dit = models
+    out = tmp_path / "out"
+    args = ["--vae", str(vae), "--dit", str(dit), "--task-folder", str(root), "--out", str(out), "--size", "32x32",
+            "--steps", "4", "--grid", "uniform", "--num-pairs", "2", "--queries-per-task", "1"]
+    assert main(args) == 0
+    for task_name in ("alpha", "beta"):
+        record = json.loads((out / f"{task_name}_p3_input.json").read_text())
+        assert "p3" not in record["pairs"] and record["target"].endswith("p3_target.png")
+        grid = media.decode_image((out / f"{task_name}_p3_input_grid.png").read_bytes())
+        assert grid.shape == (3, 32, 32 * 7)  # query | 2 pairs | result | target
+    sheet = media.decode_image((out / "results_grid.png").read_bytes())
+    assert sheet.shape[1] == 2 * 32  # one row per task
+    # too few pairs for held-out queries plus examples names the folder
+    assert main([*args[:-1], "3"]) == 2
+    assert "cannot give 3 held-out queries" in capsys.readouterr().err
+    assert main([*args, "--tasks", "[gamma]"]) == 2
+    assert "no such task folder" in capsys.readouterr().err
