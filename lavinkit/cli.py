@@ -70,7 +70,8 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lavinkit`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if from_sys else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lavinkit {__version__}")
         return 0
     if command in TRAINER_COMMANDS:
-        LavinCLI.build(args=[command, *rest], run=True)
+        # LightningCLI reads sys.argv itself; explicit args are for calls from Python.
+        LavinCLI.build(args=None if from_sys else [command, *rest], run=True)
         return 0
     if command in TOOL_COMMANDS:
         module = importlib.import_module(f"lavinkit.commands.{command}")
