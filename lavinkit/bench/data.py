@@ -30,8 +30,9 @@ import torch
 
 
 class _PlainStream(torch.utils.data.IterableDataset):
-    """The grouped stream's reading without grouping: the same shards, reader, shuffle, checks, decoder
-    and collation, ``pairs_per_batch`` pairs per batch (``[P, 1, 3, T, H, W]``)."""
+    """The grouped stream's reading without grouping: the same shard draws and shuffle (same derived
+    seeds as :class:`~lavinkit.data.pipeline.PairStream` for epoch 0, rank 0), reader, checks, decoder
+    and collation; ``pairs_per_batch`` pairs per batch (``[P, 1, 3, T, H, W]``)."""
 
     def __init__(self, urls: list[str], *, modality: str, pairs_per_batch: int, seed: int, shuffle: int):
         super().__init__()
@@ -56,11 +57,13 @@ class _PlainStream(torch.utils.data.IterableDataset):
             raw_samples,
         )
 
+        info = torch.utils.data.get_worker_info()
+        parts = (self.seed, self.modality, 0, 0, info.id if info is not None else 0)
         log, decode = SkipLog(), PixelDecoder(self.modality)
         shards = wds.ResampledShards(
-            self.urls, seed=derive_seed("plain", self.seed), deterministic=True, worker_seed=lambda: 0
+            self.urls, seed=derive_seed("shards", *parts), deterministic=True, worker_seed=lambda: 0
         )
-        stream = wds.shuffle(self.shuffle, min(100, self.shuffle), rng=derive_rng("plain", self.seed))(
+        stream = wds.shuffle(self.shuffle, min(100, self.shuffle), rng=derive_rng("shuffle", *parts))(
             raw_samples(shards, log)
         )
         pairs = checked_pairs(stream, log)
