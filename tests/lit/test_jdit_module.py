@@ -124,6 +124,12 @@ def test_training_validation_checkpoint_and_exact_resume(demo_data, tiny_vae, tm
     for k, v in full_ema.items():
         torch.testing.assert_close(v, ema.ema_state_dict()[k], rtol=1e-5, atol=1e-6, msg=k)
 
+    # `lavinkit validate --ckpt_path`: the EMA weights are restored without a fit and used for validation
+    val_ema = EMA(decay=0.9)
+    t3 = _trainer(tmp_path / "val", 4, [val_ema], limit_val_batches=1)
+    t3.validate(make(), datamodule=_datamodule(demo_data, steps_per_epoch=4), ckpt_path=str(ckpt))
+    assert val_ema.average is not None and torch.isfinite(t3.callback_metrics["val/loss"])
+
     # the checkpoint rebuilds the J-DiT alone (EMA by default), records the VAE and holds no VAE weights
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     block = state["lavinkit"]
