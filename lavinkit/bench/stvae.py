@@ -2,12 +2,13 @@
 diffusers' ``AutoencoderKLCogVideoX`` at a matched configuration, plus long-clip decode memory with and
 without temporal chunking.
 
-Every case runs in a fresh subprocess (so peak memory is not polluted by earlier cases). Two peak-memory
+Memory is measured in a fresh subprocess per case and implementation (no pollution by earlier cases). Two peak-memory
 figures: ``rss`` = growth of the process's peak RSS (``resource.getrusage().ru_maxrss``) during the calls over
 the RSS once the model and inputs exist (includes allocator and oneDNN scratch, a little noisy), and
 ``tensors`` = peak bytes of live tensor storages created during one call, tracked exactly by a
 ``TorchDispatchMode`` (torch CPU allocations are invisible to ``tracemalloc``). Throughput is frames per second
-from the median of ``--repeats`` timed calls after one warm-up call.
+from the median of ``--repeats`` timed calls after one warm-up call; the implementations' calls are interleaved
+in one process so that load changes on a shared machine affect them alike.
 
 diffusers' VAE always processes frames in batches carrying a conv cache (8 frames per encoder call, 2 latent
 frames per decoder call); ``ours (chunk 8)`` uses exactly the same chunk boundaries, ``ours`` the whole clip.
@@ -105,42 +106,64 @@ def _build(impl: str, preset: str):
     return model, lambda x: model.encode(x).mean, model.decode
 
 
-def worker(case: dict[str, Any]) -> dict[str, Any]:
-    """Run one case in this process: ``{"impl", "preset", "op", "frames", "size", "repeats", "threads"}``."""
+def _input(case: dict[str, Any], latent_channels: int):
+    import torch
+
+    t, s = case["frames"], case["size"]
+    g = torch.Generator().manual_seed(0)
+    if case["op"] == "encode":
+        return torch.rand(1, 3, t, s, s, generator=g) * 2 - 1
+    return torch.randn(1, latent_channels, 1 + (t - 1) // 4, s // 8, s // 8, generator=g)
+
+
+def worker_time(case: dict[str, Any]) -> dict[str, Any]:
+    """Time every implementation of ``case["impls"]`` in this process, interleaving their calls so that load
+    changes on a shared machine hit all of them alike. Returns medians per implementation."""
+    import torch
+
+    torch.set_num_threads(case["threads"])
+    fns = {}
+    for impl in case["impls"]:
+        model, enc, dec = _build(impl, case["preset"])
+        inp = _input(case, model.config.latent_channels)
+        fns[impl] = (enc if case["op"] == "encode" else dec, inp)
+    times: dict[str, list[float]] = {impl: [] for impl in fns}
+    with torch.inference_mode():
+        for fn, inp in fns.values():
+            fn(inp)  # warm-up
+        for _ in range(case["repeats"]):
+            for impl, (fn, inp) in fns.items():
+                t0 = time.perf_counter()
+                fn(inp)
+                times[impl].append(time.perf_counter() - t0)
+    return {impl: statistics.median(v) for impl, v in times.items()}
+
+
+def worker_memory(case: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory of one implementation (fresh process): RSS growth over one call and live-tensor peak."""
     import torch
 
     torch.set_num_threads(case["threads"])
     model, enc, dec = _build(case["impl"], case["preset"])
-    t, s = case["frames"], case["size"]
-    lat_t, lat_s = 1 + (t - 1) // 4, s // 8
-    g = torch.Generator().manual_seed(0)
-    if case["op"] == "encode":
-        inp, fn = torch.rand(1, 3, t, s, s, generator=g) * 2 - 1, enc
-    else:
-        inp, fn = torch.randn(1, model.config.latent_channels, lat_t, lat_s, lat_s, generator=g), dec
+    inp = _input(case, model.config.latent_channels)
+    fn = enc if case["op"] == "encode" else dec
     if case.get("chunk_frames"):
         model.enable_chunking(case["chunk_frames"])
-    times = []
     with torch.inference_mode():
         base = _rss_mb()
-        fn(inp)  # warm-up
-        for _ in range(case["repeats"]):
-            t0 = time.perf_counter()
-            fn(inp)
-            times.append(time.perf_counter() - t0)
-        peak = _rss_mb() - base
+        fn(inp)
+        rss = _rss_mb() - base
         with PeakTensorMemory() as tracked:
             fn(inp)
-    med = statistics.median(times)
-    return {**case, "median_s": med, "frames_per_s": t / med, "peak_rss_delta_mb": peak,
-            "peak_tensor_mb": tracked.peak / 2**20}
+    return {**case, "peak_rss_delta_mb": rss, "peak_tensor_mb": tracked.peak / 2**20}
 
 
-def _run_case(case: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "lavinkit.bench.stvae", "--worker", json.dumps(case)]
+def _subprocess(mode: str, case: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "lavinkit.bench.stvae", mode, json.dumps(case)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(case["threads"])})
     if proc.returncode != 0:
-        return {**case, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+        lines = proc.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -151,8 +174,9 @@ def _have_diffusers() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv and argv[0] == "--worker":
-        print(json.dumps(worker(json.loads(argv[1]))))
+    if argv and argv[0] in ("--worker-time", "--worker-memory"):
+        fn = worker_time if argv[0] == "--worker-time" else worker_memory
+        print(json.dumps(fn(json.loads(argv[1]))))
         return 0
     from jsonargparse import ArgumentParser
 
@@ -186,29 +210,33 @@ def main(argv: list[str] | None = None) -> int:
           f"{'speed vs diffusers':>20}")
     for label, frames, size in shapes:
         for op in ("encode", "decode"):
-            rows = {impl: _run_case({**common, "impl": impl, "op": op, "frames": frames, "size": size})
-                    for impl in impls}
-            results.extend(rows.values())
-            ref = rows.get("diffusers")
-            for impl, r in rows.items():
-                case = f"{op} {label} {frames}x{size}"
-                if "error" in r:
-                    print(f"{case:<22}{impl:<13} error: {r['error']}")
+            case = {**common, "op": op, "frames": frames, "size": size}
+            medians = _subprocess("--worker-time", {**case, "impls": impls})
+            ref = medians.get("diffusers")
+            name = f"{op} {label} {frames}x{size}"
+            for impl in impls:
+                mem = _subprocess("--worker-memory", {**case, "impl": impl})
+                if "error" in medians or "error" in mem:
+                    print(f"{name:<22}{impl:<13} error: {medians.get('error') or mem.get('error')}")
+                    results.append({**case, "impl": impl, "error": medians.get("error") or mem.get("error")})
                     continue
-                ratio = ""
-                if ref and "error" not in ref and impl != "diffusers":
-                    ratio = f"{r['frames_per_s'] / ref['frames_per_s']:.2f}x"
-                print(f"{case:<22}{impl:<13}{r['frames_per_s']:>9.2f}{r['median_s']:>9.3f}"
-                      f"{r['peak_rss_delta_mb']:>8.1f}{r['peak_tensor_mb']:>11.1f}{ratio:>20}")
+                med = medians[impl]
+                ratio = f"{ref / med:.2f}x" if ref and impl != "diffusers" else ""
+                row = {**case, "impl": impl, "median_s": med, "frames_per_s": frames / med,
+                       "peak_rss_delta_mb": mem["peak_rss_delta_mb"], "peak_tensor_mb": mem["peak_tensor_mb"]}
+                results.append(row)
+                print(f"{name:<22}{impl:<13}{row['frames_per_s']:>9.2f}{med:>9.3f}"
+                      f"{row['peak_rss_delta_mb']:>8.1f}{row['peak_tensor_mb']:>11.1f}{ratio:>20}")
     if not args.skip_long:
         print(f"\nlong-clip decode, preset {args.long_preset!r}, {args.long_size}x{args.long_size}: "
               f"peak MB (rss, tensors) without / with chunking ({args.chunk_frames} frames)")
         for frames in args.long_frames:
             row = []
             for chunk in (None, args.chunk_frames):
-                r = _run_case({**common, "preset": args.long_preset, "repeats": 1, "impl": "ours", "op": "decode",
-                               "frames": frames, "size": args.long_size, "chunk_frames": chunk})
-                results.append(r)
+                case = {**common, "preset": args.long_preset, "impl": "ours", "op": "decode", "frames": frames,
+                        "size": args.long_size, "chunk_frames": chunk}
+                r = _subprocess("--worker-memory", case)
+                results.append({**case, **r})
                 row.append("error" if "error" in r else f"{r['peak_rss_delta_mb']:.0f}, {r['peak_tensor_mb']:.0f}")
             print(f"  {frames:>3} frames: {row[0]:>12} / {row[1]:>12}")
     if args.json:
