@@ -49,6 +49,8 @@ def test_stvae_recipe_builds(recipe, tmp_path, monkeypatch):
         assert raw["model"]["init_args"]["vae"] == "official"
         assert raw["trainer"]["precision"] == "bf16-mixed"
         assert "DDPStrategy" in raw["trainer"]["strategy"]["class_path"]
+        if "stage2" in recipe.name:  # clips at full size: activation checkpointing on
+            assert cli.model.vae.config.gradient_checkpointing
     assert cli.model.adversarial is not None and cli.model.adversarial.disc_start > 0
     ckpts = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert ckpts and all(c.save_last for c in ckpts)

@@ -294,6 +294,17 @@ def test_adaptive_weight_stays_fp32_under_bf16_autocast():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in {**g_terms, **d_terms}.values())
 
 
+def test_bf16_mixed_fit_with_gradient_checkpointing(demo_data, tmp_path):
+    module = make_module(disc_start=0, gradient_checkpointing=True)
+    assert module.vae.config.gradient_checkpointing and module.vae.decoder.gradient_checkpointing
+    trainer = make_trainer(tmp_path, 2, precision="bf16-mixed", limit_val_batches=0)
+    trainer.fit(module, make_data(demo_data, steps_per_epoch=2))
+    assert trainer.global_step == 2 and int(module.skipped_nonfinite) == 0
+    logged = trainer.logged_metrics
+    assert logged["train/adaptive_weight"].dtype == torch.float32 and torch.isfinite(logged["train/adaptive_weight"])
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.parameters())
+
+
 def test_latent_batches_are_rejected():
     with pytest.raises(ValueError, match="latent batch"):
         STVAEModule.clips({"input": torch.zeros(1, 1, 16, 1, 4, 4), "target": torch.zeros(1, 1, 16, 1, 4, 4),
