@@ -96,7 +96,7 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[float, float]:
+def _time(dataset, workers: int, batches: int, pairs_per_batch: int, video: bool) -> tuple[float, float]:
     """``(pairs per wall second, pairs per CPU second)`` over ``batches`` batches after 3 warm-up batches.
 
     CPU seconds add the main process and the loader's workers: on a shared machine the wall-clock rate
@@ -111,7 +111,7 @@ def _time(dataset, workers: int, batches: int, pairs_per_batch: int) -> tuple[fl
         batch_size=None,
         num_workers=workers,
         worker_init_fn=worker_init if workers else None,
-        multiprocessing_context=worker_start_method(workers),
+        multiprocessing_context=worker_start_method(workers, decodes_video=video),
     )
     it = iter(loader)
     for _ in range(3):
@@ -204,11 +204,15 @@ def run(
                     seed=seed + r,
                     shuffle=shuffle,
                 )
-                grouped.append(_time(stream, w, n_batches, ppb))
                 plain_stream = _PlainStream(
                     shard_urls, modality=modality, pairs_per_batch=ppb, seed=seed + r, shuffle=shuffle
                 )
-                plain.append(_time(plain_stream, w, n_batches, ppb))
+                # alternate which one runs first: no systematic order effect in the medians
+                for name in ("grouped", "plain") if r % 2 == 0 else ("plain", "grouped"):
+                    if name == "grouped":
+                        grouped.append(_time(stream, w, n_batches, ppb, modality == "video"))
+                    else:
+                        plain.append(_time(plain_stream, w, n_batches, ppb, modality == "video"))
             g, p = statistics.median(x for x, _ in grouped), statistics.median(x for x, _ in plain)
             gc, pc = statistics.median(x for _, x in grouped), statistics.median(x for _, x in plain)
             row = {

@@ -91,7 +91,8 @@ class StreamLoader(DataLoader):
         self._position = position
 
     def __iter__(self):
-        method = worker_start_method(self.num_workers)
+        video = any(getattr(src.decoder, "modality", None) == "video" for src in self.dataset.sources)
+        method = worker_start_method(self.num_workers, decodes_video=video)
         if method is not None and self.multiprocessing_context is None:
             self.multiprocessing_context = method
         if self._position is not None:

@@ -806,18 +806,26 @@ class PairStream(torch.utils.data.IterableDataset):
                 yield self._emit(self._make_batch(grouper, src, n, log, decode=True), log)
 
 
-def worker_start_method(num_workers: int) -> str | None:
-    """``"forkserver"`` once PyAV is loaded in this process, else ``None`` (the platform default, fork).
+def worker_start_method(num_workers: int, *, decodes_video: bool = True):
+    """A fork-server multiprocessing context for workers that decode video once PyAV is loaded in this
+    process; else ``None`` (the platform default, fork).
 
     PyAV (libav) starts threads when it decodes or encodes; a DataLoader worker forked afterwards can
-    inherit one of their locks held and block forever on its first decode (seen with av 18). Forking
-    from the clean fork server avoids that at the cost of a slower worker start.
+    inherit one of their locks held and block forever on its first video decode (seen with av 18).
+    Workers forked from the clean fork server avoid that, at the price of a slower start (seconds per
+    epoch: the workers are not persistent) and of the ``if __name__ == "__main__":`` guard that
+    multiprocessing requires in user scripts. Image-only streams keep fork.
     """
+    import multiprocessing
     import sys
 
-    if num_workers > 0 and "av" in sys.modules:
-        return "forkserver"
-    return None
+    if num_workers <= 0 or not decodes_video or "av" not in sys.modules:
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(
+        ["torch", "lavinkit.data.pipeline", "lavinkit.data.incontext", "lavinkit.data.schema"]
+    )
+    return ctx
 
 
 def worker_init(worker_id: int) -> None:

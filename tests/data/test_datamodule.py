@@ -256,7 +256,7 @@ def test_bench_data_smoke(demo_data, capsys):
 
 @pytest.mark.timeout(120)
 def test_workers_start_after_pyav_used_in_main_process(demo_data):
-    """PyAV threads in the parent must not deadlock forked workers (the loader switches to forkserver)."""
+    """PyAV threads in the parent must not deadlock video workers (the loader switches to forkserver)."""
     from lavinkit.data.media import decode_mp4
     from lavinkit.data.pipeline import SkipLog, raw_samples, resolve_urls
 
