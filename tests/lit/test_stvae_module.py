@@ -86,6 +86,25 @@ def test_tiny_fit_logs_finite_losses_and_psnr(stage1_run):
     assert 0.0 < logged["val/psnr"] < 60.0
     # the discriminator was trained
     assert trainer.optimizers[1].state, "discriminator optimizer never stepped"
+    # reconstruction grid written to TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    assert "val/reconstruction/0" in events.Tags()["images"]
+
+
+def test_media_panels_images_and_clip_strips():
+    from lavinkit.lit.callbacks import media_panels
+
+    imgs = [torch.zeros(3, 3, 1, 8, 8), torch.ones(3, 3, 1, 8, 8)]
+    grid = media_panels(imgs, max_samples=2)[""]
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3 and grid.shape[1] == 2 * 8 + 3 * 2  # 2 rows
+    clips = [torch.zeros(2, 3, 5, 8, 8), torch.ones(2, 3, 5, 8, 8)]
+    strips = media_panels(clips, video=False)
+    assert set(strips) == {"/0", "/1"} and strips["/0"].shape == (3, 2 * 8 + 3, 5 * 8 + 6)
+    video = media_panels(clips, video=True)[""]
+    assert video.shape == (2, 5, 3, 8, 16)
 
 
 def test_checkpoint_holds_raw_weights_ema_and_loads_weights_only(stage1_run):
