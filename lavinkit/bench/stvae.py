@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [] if args.skip_speed else [("clip", args.clip[0], args.clip[1]), ("image", 1, args.image)]
     results: list[dict[str, Any]] = []
     print(f"ST-VAE preset {args.preset!r}, {args.threads} threads, median of {args.repeats}; "
-          "peak = peak RSS growth during the calls")
+          "rss = peak RSS growth, tensors = peak live tensor bytes")
     print(f"{'case':<22}{'impl':<13}{'frames/s':>9}{'median s':>9}{'rss MB':>8}{'tensors MB':>11}"
           f"{'speed vs diffusers':>20}")
     for label, frames, size in shapes:
