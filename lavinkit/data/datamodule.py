@@ -67,10 +67,18 @@ class _Position:
         self.resume: tuple[int, int] | None = None
 
     def begin(self, epoch: int | None) -> tuple[int, int]:
+        """Start an epoch's iterator; ``epoch`` is the trainer's epoch (``None`` without a trainer).
+
+        A pending resume wins over a trainer epoch that lags behind it: Lightning creates the first
+        iterator after a restore before it counts the epoch finished in the checkpoint, so a run resumed
+        from a checkpoint saved on the last batch of epoch e still reports epoch e at that point.
+        """
         epoch = self.next_epoch if epoch is None else epoch
         skip = 0
-        if self.resume is not None and self.resume[0] == epoch:
-            skip = self.resume[1]
+        if self.resume is not None:
+            epoch = max(epoch, self.resume[0])
+            if self.resume[0] == epoch:
+                skip = self.resume[1]
         self.resume = None
         self.epoch, self.consumed, self.next_epoch, self.started = epoch, skip, epoch + 1, True
         return epoch, skip
@@ -318,11 +326,17 @@ class _PairDataModule(pl.LightningDataModule):
         """
         pos = self._position
         trainer = self._fitting_trainer()
-        if trainer is not None:
+        if pos.started:
+            # the epoch of the stream being read; the trainer's epoch counter runs ahead of it between
+            # the end of an epoch and the next iterator, and behind it right after a restore
+            epoch, consumed = pos.epoch, pos.consumed
+            if trainer is not None:
+                # batches the loop has processed (the loader may have prefetched more); never more than
+                # were delivered (the loop's counter is stale until the next epoch resets it)
+                consumed = min(consumed, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed))
+        elif trainer is not None:
             epoch = int(trainer.current_epoch)
             consumed = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        elif pos.started:
-            epoch, consumed = pos.epoch, pos.consumed
         else:
             epoch, consumed = pos.next_epoch, 0
         if consumed >= self.steps_per_epoch:

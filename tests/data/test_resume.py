@@ -114,3 +114,67 @@ def test_trainer_checkpoint_resume_continues_the_stream(demo_data, tmp_path):
         resumed, datamodule=make_dm(demo_data, steps_per_epoch=5), ckpt_path=tmp_path / "step=3.ckpt"
     )
     assert resumed.seen == ref.seen[3:]
+
+
+def _recorder_and_trainer():
+    import lightning.pytorch as pl
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, batch["keys"]))
+            return (batch["input"].mean() - self.w) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def trainer(root, **kw):
+        kw.setdefault("max_epochs", 3)
+        kw.setdefault("enable_checkpointing", "callbacks" in kw)
+        return pl.Trainer(
+            default_root_dir=root,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            **kw,
+        )
+
+    return Recorder, trainer
+
+
+@pytest.mark.parametrize(
+    "when", [{"every_n_train_steps": 2}, {"every_n_epochs": 1, "save_on_train_epoch_end": True}]
+)
+def test_checkpoint_at_epoch_end_resumes_with_next_epoch(demo_data, tmp_path, when):
+    """A checkpoint saved on the last batch of epoch 0 (or at its end) continues with epoch 1's batches."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    Recorder, trainer = _recorder_and_trainer()
+    ref, ref_dm = Recorder(), make_dm(demo_data, steps_per_epoch=2)
+    trainer(tmp_path).fit(ref, datamodule=ref_dm)
+    assert [e for e, _ in ref.seen] == [0, 0, 1, 1, 2, 2]
+    # after the last epoch the stream stands at the start of the next one (the trainer's counters
+    # have moved on, the loop's batch counter has not been reset)
+    assert (ref_dm.state_dict()["epoch"], ref_dm.state_dict()["consumed"]) == (3, 0)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{step}", **when)
+    first = Recorder()
+    trainer(tmp_path, callbacks=[ckpt], max_steps=2).fit(
+        first, datamodule=make_dm(demo_data, steps_per_epoch=2)
+    )
+    assert first.seen == ref.seen[:2]
+    saved = torch.load(tmp_path / "step=2.ckpt", weights_only=False)["ImagePairDataModule"]
+    assert (saved["epoch"], saved["consumed"]) == (1, 0)
+
+    resumed, resumed_dm = Recorder(), make_dm(demo_data, steps_per_epoch=2)
+    trainer(tmp_path).fit(resumed, datamodule=resumed_dm, ckpt_path=tmp_path / "step=2.ckpt")
+    assert [keys for _, keys in resumed.seen] == [keys for _, keys in ref.seen[2:]]
+    assert resumed.seen == ref.seen[2:]
+    assert resumed_dm.state_dict() == ref_dm.state_dict()
