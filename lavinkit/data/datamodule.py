@@ -170,7 +170,7 @@ class _PairDataModule(pl.LightningDataModule):
         self.last_skipped: tuple[str, str, str] | None = None
         self._position = _Position()
         self._train_sources: list[Source] | None = None
-        self._val_sources: list[Source] | None = None
+        self._eval_sources: dict[str, list[Source]] = {}
         self._rank, self._world = 0, 1
 
     # ---- to be provided by subclasses
@@ -210,10 +210,12 @@ class _PairDataModule(pl.LightningDataModule):
             self._train_sources = self._sources("train")
             for src in self._train_sources:
                 self._check_tasks(src, self.num_context[1] + 1, "train")
-        if stage in (None, "fit", "validate") and self._val_sources is None:
-            self._val_sources = self._sources("val")
-            for src in self._val_sources:
-                self._check_tasks(src, self.val_num_context[1] + 1, "val")
+        splits = {None: ("val", "test"), "fit": ("val",), "validate": ("val",), "test": ("test",)}
+        for split in splits.get(stage, ("test",) if stage == "predict" else ()):
+            if split not in self._eval_sources:
+                self._eval_sources[split] = self._sources(split)
+                for src in self._eval_sources[split]:
+                    self._check_tasks(src, self.val_num_context[1] + 1, split)
 
     # ---- loaders
 
@@ -251,25 +253,38 @@ class _PairDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> StreamLoader | list:
-        if self._val_sources is None:
-            self.setup("validate")
-        if not self._val_sources:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> StreamLoader | list:
+        """Test batches: ``test_urls`` (default: the validation urls) read like validation."""
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> StreamLoader | list:
+        """The test batches (``lavinkit predict`` / ``trainer.predict``)."""
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> StreamLoader | list:
+        """The finite, deterministic loader of ``split`` (``"val"`` or ``"test"``; policy in the module doc)."""
+        if split not in self._eval_sources:
+            self.setup("validate" if split == "val" else "test")
+        sources = self._eval_sources[split]
+        if not sources:
             return []
         workers = max(1, self.num_workers)
         units = self._world * workers
         quotas: dict[str, list[int]] = {}
-        probe = self._stream(self._val_sources, train=False, quotas={})
-        for src in self._val_sources:
+        probe = self._stream(sources, train=False, quotas={})
+        for src in sources:
             if len(src.urls) < units:
                 warnings.warn(
-                    f"val ({src.name}): {len(src.urls)} shards < {self._world} ranks x {workers} workers; "
+                    f"{split} ({src.name}): {len(src.urls)} shards < {self._world} ranks x {workers} workers; "
                     "splitting by sample (every unit reads all shards and keeps every "
                     f"{units}-th sample)",
                     stacklevel=2,
                 )
             if self.val_batches is not None:
                 # split between sources; the first ones take the remainder
-                i, n_src = self._val_sources.index(src), len(self._val_sources)
+                i, n_src = sources.index(src), len(sources)
                 share = max(1, self.val_batches // n_src + (i < self.val_batches % n_src))
                 quotas[src.name] = [len(range(w, share, workers)) for w in range(workers)]
                 continue
@@ -279,14 +294,14 @@ class _PairDataModule(pl.LightningDataModule):
                 quota.append(min(counts))
             if sum(quota) == 0:
                 raise ValueError(
-                    f"val ({src.name}): no rank can form one batch of {src.batch_size} examples of "
+                    f"{split} ({src.name}): no rank can form one batch of {src.batch_size} examples of "
                     f"{self.val_num_context[1] + 1} pairs from {len(src.urls)} shards (first {src.urls[0]!r}) "
                     f"split over {self._world} ranks x {workers} workers; set val_batches to repeat the data, "
                     "or lower batch_size / val_num_context"
                 )
             quotas[src.name] = quota
         return StreamLoader(
-            self._stream(self._val_sources, train=False, quotas=quotas),
+            self._stream(sources, train=False, quotas=quotas),
             self,
             position=None,
             **self._loader_kwargs(),
@@ -382,11 +397,13 @@ class _PairDataModule(pl.LightningDataModule):
 _COMMON_DOC = """
     Args:
         train_urls / val_urls: shard urls (brace expansion, ``pipe:``, lists, a directory of ``*.tar`` or a glob).
+        test_urls: shards of ``trainer.test`` / ``trainer.predict`` (default: ``val_urls``), read like validation.
         batch_size: in-context examples per batch (per rank).
         num_context: k context pairs per example; an int, or ``[k_min, k_max]`` drawn per batch.
-        val_num_context: fixed k for validation (default: the largest training k).
+        val_num_context: fixed k for validation and test (default: the largest training k).
         steps_per_epoch: training batches per rank per epoch (the stream resamples shards endlessly).
-        val_batches: validation batches per rank; ``None`` counts what every rank can form and truncates.
+        val_batches: validation (and test) batches per rank; ``None`` counts what every rank can form and
+            truncates.
         num_workers: DataLoader workers per rank.
         seed: root of every shard/shuffle/k draw (derived per epoch, rank and worker).
         shuffle_buffer: sample shuffle buffer of each training worker.
@@ -395,8 +412,54 @@ _COMMON_DOC = """
         pin_memory, prefetch_factor: DataLoader options.
 """
 
+# the options every public DataModule passes on to _PairDataModule unchanged
+_COMMON_ARGS = (
+    "batch_size",
+    "num_context",
+    "val_num_context",
+    "steps_per_epoch",
+    "val_batches",
+    "num_workers",
+    "seed",
+    "shuffle_buffer",
+    "task_weights",
+    "max_skipped",
+    "pin_memory",
+    "prefetch_factor",
+)
 
-class ImagePairDataModule(_PairDataModule):
+
+def _common_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The shared options out of a public constructor's ``locals()``."""
+    return {name: args[name] for name in _COMMON_ARGS}
+
+
+class _SingleSourceDataModule(_PairDataModule):
+    """One shard set per split (``train_urls``, ``val_urls``, ``test_urls`` defaulting to ``val_urls``)."""
+
+    _source_name = "image"
+
+    def __init__(self, train_urls: Urls | None, val_urls: Urls | None, test_urls: Urls | None, **common: Any):
+        super().__init__(**common)
+        self.train_urls, self.val_urls, self.test_urls = train_urls, val_urls, test_urls
+
+    def _split_urls(self, split: str) -> Urls | None:
+        if split == "test" and self.test_urls is None:
+            return self.val_urls
+        return getattr(self, f"{split}_urls")
+
+    def _sources(self, split: str) -> list[Source]:
+        urls = self._split_urls(split)
+        if urls is None:
+            return []
+        what = f"{'val' if split == 'test' and self.test_urls is None else split}_urls"
+        return [Source(self._source_name, resolve_urls(urls, what=what), self._decoder(), self.batch_size)]
+
+    def _decoder(self) -> PixelDecoder | LatentDecoder:
+        raise NotImplementedError
+
+
+class ImagePairDataModule(_SingleSourceDataModule):
     __doc__ = (
         "In-context batches of image pairs (``T = 1``).\n"
         + _COMMON_DOC
@@ -407,6 +470,7 @@ class ImagePairDataModule(_PairDataModule):
         self,
         train_urls: Urls | None = None,
         val_urls: Urls | None = None,
+        test_urls: Urls | None = None,
         *,
         batch_size: int = 8,
         num_context: NumContext = 2,
@@ -422,38 +486,14 @@ class ImagePairDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(
-            batch_size=batch_size,
-            num_context=num_context,
-            val_num_context=val_num_context,
-            steps_per_epoch=steps_per_epoch,
-            val_batches=val_batches,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            task_weights=task_weights,
-            max_skipped=max_skipped,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor,
-        )
-        self.train_urls, self.val_urls = train_urls, val_urls
+        super().__init__(train_urls, val_urls, test_urls, **_common_args(locals()))
         self.size = _check_size(size)
 
-    def _sources(self, split: str) -> list[Source]:
-        urls = self.train_urls if split == "train" else self.val_urls
-        if urls is None:
-            return []
-        return [
-            Source(
-                "image",
-                resolve_urls(urls, what=f"{split}_urls"),
-                PixelDecoder("image", self.size),
-                self.batch_size,
-            )
-        ]
+    def _decoder(self) -> PixelDecoder:
+        return PixelDecoder("image", self.size)
 
 
-class VideoPairDataModule(_PairDataModule):
+class VideoPairDataModule(_SingleSourceDataModule):
     __doc__ = (
         "In-context batches of clip pairs (``T = 1 + 4k``).\n"
         + _COMMON_DOC
@@ -461,10 +501,13 @@ class VideoPairDataModule(_PairDataModule):
         + "        frames: keep the first ``frames`` frames (1 + 4k); shorter clips are skipped and counted.\n"
     )
 
+    _source_name = "video"
+
     def __init__(
         self,
         train_urls: Urls | None = None,
         val_urls: Urls | None = None,
+        test_urls: Urls | None = None,
         *,
         batch_size: int = 2,
         num_context: NumContext = 1,
@@ -481,30 +524,12 @@ class VideoPairDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(
-            batch_size=batch_size,
-            num_context=num_context,
-            val_num_context=val_num_context,
-            steps_per_epoch=steps_per_epoch,
-            val_batches=val_batches,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            task_weights=task_weights,
-            max_skipped=max_skipped,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor,
-        )
-        self.train_urls, self.val_urls = train_urls, val_urls
+        super().__init__(train_urls, val_urls, test_urls, **_common_args(locals()))
         self.size = _check_size(size)
         self.frames = _check_frames(frames)
 
-    def _sources(self, split: str) -> list[Source]:
-        urls = self.train_urls if split == "train" else self.val_urls
-        if urls is None:
-            return []
-        dec = PixelDecoder("video", self.size, self.frames)
-        return [Source("video", resolve_urls(urls, what=f"{split}_urls"), dec, self.batch_size)]
+    def _decoder(self) -> PixelDecoder:
+        return PixelDecoder("video", self.size, self.frames)
 
 
 class MixtureDataModule(_PairDataModule):
@@ -512,10 +537,11 @@ class MixtureDataModule(_PairDataModule):
         "Image and clip pairs in one stream; each batch is all images or all clips, drawn by weight.\n"
         + _COMMON_DOC
         + "        image_train_urls / video_train_urls / image_val_urls / video_val_urls: the two shard sets.\n"
+        + "        image_test_urls / video_test_urls: test shards (default: the validation ones).\n"
         + "        image_weight, video_weight: probability weights of drawing an image / clip batch.\n"
         + "        video_batch_size: examples per clip batch (default: batch_size).\n"
         + "        size, frames: as in the image / video modules.\n"
-        + "    Validation yields the image batches, then the clip batches (val_batches is split between them).\n"
+        + "    Validation and test yield the image batches, then the clip batches (val_batches is split between them).\n"
     )
 
     def __init__(
@@ -524,6 +550,8 @@ class MixtureDataModule(_PairDataModule):
         video_train_urls: Urls | None = None,
         image_val_urls: Urls | None = None,
         video_val_urls: Urls | None = None,
+        image_test_urls: Urls | None = None,
+        video_test_urls: Urls | None = None,
         *,
         image_weight: float = 1.0,
         video_weight: float = 1.0,
@@ -543,25 +571,20 @@ class MixtureDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(
-            batch_size=batch_size,
-            num_context=num_context,
-            val_num_context=val_num_context,
-            steps_per_epoch=steps_per_epoch,
-            val_batches=val_batches,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            task_weights=task_weights,
-            max_skipped=max_skipped,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor,
-        )
+        super().__init__(**_common_args(locals()))
         if image_weight < 0 or video_weight < 0 or image_weight + video_weight <= 0:
             raise ValueError(
                 f"image_weight/video_weight must be >= 0 and not both 0, got {image_weight}, {video_weight}"
             )
-        self.urls = {"train": (image_train_urls, video_train_urls), "val": (image_val_urls, video_val_urls)}
+        self.urls = {
+            "train": (image_train_urls, video_train_urls),
+            "val": (image_val_urls, video_val_urls),
+            "test": (
+                image_val_urls if image_test_urls is None else image_test_urls,
+                video_val_urls if video_test_urls is None else video_test_urls,
+            ),
+        }
+        self.test_urls_given = (image_test_urls is not None, video_test_urls is not None)
         self.weights = (image_weight, video_weight)
         self.video_batch_size = video_batch_size or batch_size
         self.size = _check_size(size)
@@ -569,31 +592,23 @@ class MixtureDataModule(_PairDataModule):
 
     def _sources(self, split: str) -> list[Source]:
         image_urls, video_urls = self.urls[split]
+        train = split == "train"
         out = []
-        if image_urls is not None and (split == "val" or self.weights[0] > 0):
-            out.append(
-                Source(
-                    "image",
-                    resolve_urls(image_urls, what=f"image_{split}_urls"),
-                    PixelDecoder("image", self.size),
-                    self.batch_size,
-                    self.weights[0],
-                )
+        for i, (modality, urls, decoder, batch_size) in enumerate(
+            (
+                ("image", image_urls, PixelDecoder("image", self.size), self.batch_size),
+                ("video", video_urls, PixelDecoder("video", self.size, self.frames), self.video_batch_size),
             )
-        if video_urls is not None and (split == "val" or self.weights[1] > 0):
-            out.append(
-                Source(
-                    "video",
-                    resolve_urls(video_urls, what=f"video_{split}_urls"),
-                    PixelDecoder("video", self.size, self.frames),
-                    self.video_batch_size,
-                    self.weights[1],
-                )
-            )
+        ):
+            if urls is None or (train and self.weights[i] <= 0):
+                continue
+            named = "val" if split == "test" and not self.test_urls_given[i] else split
+            what = f"{modality}_{named}_urls"
+            out.append(Source(modality, resolve_urls(urls, what=what), decoder, batch_size, self.weights[i]))
         return out
 
 
-class LatentPairDataModule(_PairDataModule):
+class LatentPairDataModule(_SingleSourceDataModule):
     __doc__ = (
         "In-context batches of pre-encoded latent pairs (``<key>.input.npy`` / ``<key>.target.npy`` float16\n"
         "    ``[C, t, h, w]`` + json recording the VAE); batches hold float32 ``[B, N, C, t, h, w]`` and\n"
@@ -605,11 +620,13 @@ class LatentPairDataModule(_PairDataModule):
     )
 
     latents = True
+    _source_name = "latent"
 
     def __init__(
         self,
         train_urls: Urls | None = None,
         val_urls: Urls | None = None,
+        test_urls: Urls | None = None,
         *,
         batch_size: int = 8,
         num_context: NumContext = 2,
@@ -627,28 +644,11 @@ class LatentPairDataModule(_PairDataModule):
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
     ):
-        super().__init__(
-            batch_size=batch_size,
-            num_context=num_context,
-            val_num_context=val_num_context,
-            steps_per_epoch=steps_per_epoch,
-            val_batches=val_batches,
-            num_workers=num_workers,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            task_weights=task_weights,
-            max_skipped=max_skipped,
-            pin_memory=pin_memory,
-            prefetch_factor=prefetch_factor,
-        )
-        self.train_urls, self.val_urls = train_urls, val_urls
+        super().__init__(train_urls, val_urls, test_urls, **_common_args(locals()))
         self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
 
-    def _sources(self, split: str) -> list[Source]:
-        urls = self.train_urls if split == "train" else self.val_urls
-        if urls is None:
-            return []
-        return [Source("latent", resolve_urls(urls, what=f"{split}_urls"), self.decoder, self.batch_size)]
+    def _decoder(self) -> LatentDecoder:
+        return self.decoder
 
 
 def _check_size(size: int | None) -> tuple[int, int] | None:

@@ -9,9 +9,13 @@ Conversions applied on decode (so any valid file yields 3-channel 8-bit pixels):
 - RGBA / LA -> alpha dropped (no compositing);
 - 16-bit PNG -> scaled to 8 bit with ``round(v * 255 / 65535)``.
 
-Clips in mp4 are H.264 (libx264, yuv420p) encoded and decoded entirely in memory with PyAV. RGB
-conversion reuses one ``VideoReformatter`` per process: PyAV's ``frame.to_ndarray(format="rgb24")``
-builds a new swscale context per frame, which makes decoding ~3.5x slower.
+Clips in mp4 are H.264 (libx264, yuv420p) encoded and decoded entirely in memory with PyAV (one
+decoder thread: frame threads cost more CPU than they save on short clips). Limited-range BT.601
+yuv420p frames (what libx264 writes here, and swscale's reading of unflagged streams) are collected
+as Y/U/V planes and converted to RGB for the whole clip at once (:func:`yuv420_to_rgb`: exact BT.601
+with rounding, nearest chroma upsampling; within 3 levels of swscale's ``rgb24``, whose fixed-point
+tables sit ~1 level low). Other pixel formats and colour flags go through swscale, reusing one
+``VideoReformatter`` per process (``frame.to_ndarray(format="rgb24")`` builds a context per frame).
 """
 
 from __future__ import annotations
@@ -92,23 +96,88 @@ def encode_image(arr: np.ndarray, ext: str = "png", *, quality: int = 95) -> byt
     return buf.getvalue()
 
 
-def decode_mp4(data: bytes) -> np.ndarray:
-    """Decode an in-memory video (any container/codec PyAV reads; mp4/H.264 here) to ``uint8 [T, H, W, 3]``."""
+# BT.601 limited range ("MPEG"): Y in [16, 235], U/V in [16, 240] around 128
+_Y_SCALE = 255 / 219
+_R_V = 1.402 * 255 / 224
+_G_U = 1.772 * 0.114 / 0.587 * 255 / 224
+_G_V = 1.402 * 0.299 / 0.587 * 255 / 224
+_B_U = 1.772 * 255 / 224
+# colour flags (AVColorRange, AVColorSpace) that swscale reads as limited-range BT.601
+_BT601_RANGES = (0, 1)  # unspecified, MPEG
+_BT601_SPACES = (2, 5, 6)  # unspecified, BT470BG, SMPTE170M
+
+
+def yuv420_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> torch.Tensor:
+    """Limited-range BT.601 yuv420p planes -> RGB ``uint8 [3, T, H, W]`` (contiguous).
+
+    Args:
+        y: ``uint8 [T, H, W]`` luma (H, W even).
+        u, v: ``uint8 [T, H/2, W/2]`` chroma; each sample covers a 2x2 block of pixels (nearest).
+    """
+    t, h, w = y.shape
+    luma = torch.from_numpy(y).to(torch.float32).mul_(_Y_SCALE).add_(0.5 - 16 * _Y_SCALE)  # +0.5: round
+    cb = torch.from_numpy(u).to(torch.float32).sub_(128)
+    cr = torch.from_numpy(v).to(torch.float32).sub_(128)
+    # chroma terms at chroma resolution, broadcast over each 2x2 block
+    luma = luma.view(t, h // 2, 2, w // 2, 2)
+    out = torch.empty((3, t, h // 2, 2, w // 2, 2), dtype=torch.float32)
+    torch.add(luma, cr.mul(_R_V)[:, :, None, :, None], out=out[0])
+    torch.sub(luma, cb.mul(_G_U).add_(cr, alpha=_G_V)[:, :, None, :, None], out=out[1])
+    torch.add(luma, cb.mul_(_B_U)[:, :, None, :, None], out=out[2])
+    return out.clamp_(0, 255).to(torch.uint8).view(3, t, h, w)
+
+
+def _plane(plane, rows: int, cols: int) -> np.ndarray:
+    """A frame plane as a ``uint8 [rows, cols]`` view (lines are padded to ``line_size``)."""
+    return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
+
+
+def decode_clip(data: bytes, container_format: str | None = None) -> torch.Tensor:
+    """Decode an in-memory video (any container/codec PyAV reads; mp4/H.264 here) to RGB ``uint8 [3, T, H, W]``
+    (contiguous, channel-first: the layout batches use). ``container_format`` (e.g. ``"mp4"``) skips
+    container probing.
+
+    Raises ``ValueError`` when the bytes cannot be decoded.
+    """
     import av
 
     if len(data) == 0:
         raise ValueError("empty file")
-    reformat = _reformatter().reformat
+    planes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    rgb: list[np.ndarray] = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), format=container_format) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # short clips: decoder threads cost more than they save
-            frames = [reformat(f, format="rgb24").to_ndarray() for f in container.decode(stream)]
+            for f in container.decode(stream):
+                h, w = f.height, f.width
+                if (
+                    not rgb
+                    and f.format.name == "yuv420p"
+                    and h % 2 == 0
+                    and w % 2 == 0
+                    and f.color_range in _BT601_RANGES
+                    and f.colorspace in _BT601_SPACES
+                ):
+                    py, pu, pv = f.planes
+                    planes.append((_plane(py, h, w), _plane(pu, h // 2, w // 2), _plane(pv, h // 2, w // 2)))
+                    continue
+                if planes:  # the format changed mid-stream: convert what was collected the same way
+                    rgb.extend(yuv420_to_rgb(*map(np.stack, zip(*planes))).permute(1, 2, 3, 0).numpy())
+                    planes = []
+                rgb.append(_reformatter().reformat(f, format="rgb24").to_ndarray())
+            if planes:
+                return yuv420_to_rgb(*(np.stack(p) for p in zip(*planes)))
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise ValueError(f"cannot decode video ({getattr(err, 'strerror', None) or err})") from err
-    if not frames:
+    if not rgb:
         raise ValueError("video has no decodable frames")
-    return np.stack(frames)
+    return torch.from_numpy(np.stack(rgb)).permute(3, 0, 1, 2).contiguous()
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    """Decode an in-memory video (any container/codec PyAV reads; mp4/H.264 here) to ``uint8 [T, H, W, 3]``."""
+    return np.ascontiguousarray(decode_clip(data).permute(1, 2, 3, 0).numpy())
 
 
 def encode_mp4(frames: np.ndarray, *, fps: int = 8, crf: int = 18, preset: str = "veryfast") -> bytes:
@@ -161,13 +230,14 @@ def encode_npy(frames: np.ndarray) -> bytes:
 
 
 def decode_media(data: bytes, ext: str) -> torch.Tensor:
-    """Decode a member by extension to ``uint8 [3, T, H, W]`` (images give T = 1; a permuted view)."""
+    """Decode a member by extension to ``uint8 [3, T, H, W]`` (images give T = 1; images and npy clips are
+    permuted views, mp4 clips contiguous)."""
     ext = ext.lower()
     if ext in IMAGE_EXTS:
         return decode_image(data).unsqueeze(1)
     if ext == "mp4":
-        arr = decode_mp4(data)
-    elif ext == "npy":
+        return decode_clip(data, "mp4")
+    if ext == "npy":
         arr = decode_npy(data)
     else:
         raise ValueError(f"unknown extension {ext!r}; expected one of {IMAGE_EXTS + CLIP_EXTS}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import io
+import math
 import os
 import random
 import warnings
@@ -491,6 +492,15 @@ class LatentDecoder:
 # --------------------------------------------------------------------------------------------- collate
 
 
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty float32 tensor; in a DataLoader worker it lives in shared memory, so sending the batch to
+    the main process does not copy it again (as ``default_collate`` does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+
+
 def collate_examples(
     examples: list[list[RawPair]], decoded: list[list[tuple[torch.Tensor, torch.Tensor]]], *, latents: bool
 ) -> dict:
@@ -507,18 +517,16 @@ def collate_examples(
         latent batches also carry ``"latents": True``.
     """
     b, n = len(decoded), len(decoded[0])
-    shape = decoded[0][0][0].shape
-    dtype = decoded[0][0][0].dtype
-    inp = torch.empty((b, n, *shape), dtype=dtype)
-    tgt = torch.empty((b, n, *shape), dtype=dtype)
+    shape = (b, n, *decoded[0][0][0].shape)
+    inp, tgt = _batch_tensor(shape), _batch_tensor(shape)
     for i, ex in enumerate(decoded):
         for j, (x, y) in enumerate(ex):
-            inp[i, j] = x
+            inp[i, j] = x  # uint8 -> float32 in the copy
             tgt[i, j] = y
     if not latents:
-        # uint8 [0, 255] -> float32 [-1, 1] in one vectorised op per tensor
-        inp = inp.to(torch.float32).div_(127.5).sub_(1.0)
-        tgt = tgt.to(torch.float32).div_(127.5).sub_(1.0)
+        # [0, 255] -> [-1, 1] in one vectorised op per tensor
+        inp.div_(127.5).sub_(1.0)
+        tgt.div_(127.5).sub_(1.0)
     batch = {
         "input": inp,
         "target": tgt,
