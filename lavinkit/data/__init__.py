@@ -20,7 +20,7 @@ _EXPORTS = {
     "PixelDecoder": "lavinkit.data.pipeline",
     "LatentDecoder": "lavinkit.data.pipeline",
     "DataStreamError": "lavinkit.data.pipeline",
-    "resolve_urls": "lavinkit.data.pipeline",
+    "resolve_urls": "lavinkit.data.shards",
     "collate_examples": "lavinkit.data.pipeline",
     "TaskGrouper": "lavinkit.data.incontext",
     "parse_num_context": "lavinkit.data.incontext",
@@ -53,9 +53,9 @@ if TYPE_CHECKING:
         PixelDecoder,
         Source,
         collate_examples,
-        resolve_urls,
     )
     from lavinkit.data.schema import SampleError, decode_pair, make_sample  # noqa: F401
+    from lavinkit.data.shards import resolve_urls  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -46,12 +46,10 @@ from lavinkit.data.pipeline import (
     PairStream,
     PixelDecoder,
     Source,
-    find_index,
-    resolve_urls,
-    task_counts_from_index,
     worker_init,
     worker_start_method,
 )
+from lavinkit.data.shards import find_index, resolve_urls, task_counts_from_index
 
 Urls = str | list[str]
 
