@@ -361,7 +361,9 @@ def run(args) -> list[dict]:
                    rounding=args.rounding)
         seconds = time.perf_counter() - start
         result = out.images[0].permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, 3] uint8
-        stem = f"{folder.name}_{qpath.stem}" if args.query is None else qpath.stem
+        stem = qpath.stem
+        if args.query is None and not stem.startswith(folder.name):  # keep names unique across tasks
+            stem = f"{folder.name}_{stem}"
         result_path = _write(out_dir / f"{stem}_result", result, args.fps)
         columns = [query.uint8] + [m.uint8 for pair in loaded for m in pair] + [result]
         if job.target is not None:
