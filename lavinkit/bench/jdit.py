@@ -163,6 +163,7 @@ def run(
         steps_to_time["diffusers"] = _train_step(sd3, sd3_forward)
     medians = interleaved_medians(steps_to_time, steps, warmup, dev)
     result["lavinkit_train_step_s"] = medians["lavinkit"]["wall_s"]
+    result["lavinkit_train_tokens_per_s"] = batch * seq / result["lavinkit_train_step_s"]
     result["lavinkit_train_step_cpu_s"] = medians["lavinkit"]["cpu_s"]
     if compare:
         result["diffusers_train_step_s"] = medians["diffusers"]["wall_s"]
@@ -243,7 +244,8 @@ def main(argv: Sequence[str]) -> int:
                   f"{result['ratio_lavinkit_over_diffusers_cpu']:.3f} CPU"]
     lines += [f"CFG step, one batched pass: {ms('cfg_step_one_batched_pass_s')}",
               f"CFG step, two passes: {ms('cfg_step_two_passes_s')}",
-              f"train FLOPs/step: {result['train_flops_per_step']:.3e}"]
+              f"train FLOPs/step: {result['train_flops_per_step']:.3e}",
+              f"train tokens/s lavinkit: {result['lavinkit_train_tokens_per_s']:.0f}"]
     if "mfu_train" in result:
         lines.append(f"MFU (train, bf16 peak {result['peak_flops']:.3e}): {result['mfu_train']:.3f}")
     print("\n".join(lines))
