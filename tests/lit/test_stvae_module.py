@@ -396,7 +396,6 @@ if __name__ == "__main__":
 
 
 @pytest.mark.distributed
-@pytest.mark.slow
 def test_ddp_two_processes_image_and_clip_batches(tmp_path):
     """2-process gloo DDP: discriminator off then on, image and clip batches (unused-parameter safety), a NaN on
     rank 1 only skips the step on both ranks without a hang."""
