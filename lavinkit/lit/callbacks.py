@@ -94,6 +94,12 @@ class EMA(Callback):
     def _build(self, pl_module: pl.LightningModule) -> None:
         target, self._prefix = _ema_target(pl_module)
         self._target = target
+        if any(type(p).__name__ == "DTensor" for p in target.parameters()):
+            # AveragedModel deep-copies the target, which sharded (FSDP2 / DTensor) modules refuse
+            raise ValueError(
+                f"EMA callback: {type(pl_module).__name__}.ema_target() is sharded (FSDP2 / ModelParallelStrategy); "
+                "EMA of sharded models is not supported: remove the EMA callback or train with DDP"
+            )
         if self.average is None:
             self.average = AveragedModel(
                 target, device=self.device, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True

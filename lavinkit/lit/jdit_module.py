@@ -221,6 +221,15 @@ class JDiTModule(LightningModule):
             for block in dit.modules():
                 if isinstance(block, dit.block_class):
                     block.compile()
+        mesh = self.device_mesh  # set by ModelParallelStrategy: FSDP2 over its data-parallel dimension
+        if mesh is not None:
+            from torch.distributed.fsdp import fully_shard
+
+            data_parallel = mesh["data_parallel"]
+            for block in dit.modules():
+                if isinstance(block, dit.block_class):
+                    fully_shard(block, mesh=data_parallel)
+            fully_shard(dit, mesh=data_parallel)
         self.dit = dit
 
     def _require_dit(self) -> JDiT:

@@ -77,3 +77,12 @@ def test_cpu_recipe_builds(recipe, tmp_path, demo_data):
     assert sum(p.numel() for p in module.parameters()) > 0
     assert not any(n.startswith("_vae") or ".vae." in n for n in module.state_dict())
     assert cli.trainer.max_steps > 0 and isinstance(module.objective.time_sampler(2), torch.Tensor)
+
+
+def test_tiny_recipe_composes_with_fsdp2_fragment():
+    config = _parse(["--config", str(RECIPES / "jdit" / "tiny.yaml"), "--config",
+                     str(RECIPES / "trainer" / "fsdp2.yaml")])
+    strategy = config.trainer.strategy
+    assert strategy.class_path.endswith("ModelParallelStrategy")
+    assert strategy.init_args.data_parallel_size == config.trainer.devices == 2
+    assert strategy.init_args.tensor_parallel_size == 1
