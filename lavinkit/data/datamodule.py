@@ -32,6 +32,7 @@ Policies (all ranks and workers follow them without talking to each other):
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
@@ -118,7 +119,7 @@ class StreamLoader(DataLoader):
             yield batch
 
 
-class _PairDataModule(pl.LightningDataModule):
+class _PairDataModule(pl.LightningDataModule, ABC):
     """Shared machinery; the public subclasses only declare their sources."""
 
     latents = False
@@ -173,8 +174,9 @@ class _PairDataModule(pl.LightningDataModule):
 
     # ---- to be provided by subclasses
 
+    @abstractmethod
     def _sources(self, split: str) -> list[Source]:
-        raise NotImplementedError
+        """The streams of ``split`` (``"train"``, ``"val"``, ``"test"``): one per modality."""
 
     # ---- setup
 
@@ -453,8 +455,9 @@ class _SingleSourceDataModule(_PairDataModule):
         what = f"{'val' if split == 'test' and self.test_urls is None else split}_urls"
         return [Source(self._source_name, resolve_urls(urls, what=what), self._decoder(), self.batch_size)]
 
+    @abstractmethod
     def _decoder(self) -> PixelDecoder | LatentDecoder:
-        raise NotImplementedError
+        """How samples of this module's shards are decoded."""
 
 
 class ImagePairDataModule(_SingleSourceDataModule):

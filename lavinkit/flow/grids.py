@@ -14,6 +14,8 @@ either a registry name (``"official"``, ``"uniform"``, ``"shifted"``) or an inst
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 
@@ -73,11 +75,12 @@ def shifted_grid(num_steps: int, shift: float = 3.0) -> Tensor:
     return shift_time(torch.linspace(0.0, 1.0, int(num_steps), dtype=torch.float64), shift).float()
 
 
-class TimeGrid:
+class TimeGrid(ABC):
     """A grid family: ``grid(num_steps) -> float32 [num_steps]`` from 0.0 to 1.0."""
 
+    @abstractmethod
     def __call__(self, num_steps: int) -> Tensor:
-        raise NotImplementedError
+        """Float32 ``[num_steps]`` times, increasing from 0.0 (noise) to 1.0 (data)."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

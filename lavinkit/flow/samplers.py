@@ -19,6 +19,7 @@ precision (velocities are cast to float32 before the update); the time passed to
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,7 +130,7 @@ def heun_sample(
     return SampleOutput(sample=x, times=grid, nfe=nfe, trajectory=torch.stack(traj) if traj is not None else None)
 
 
-class ODESampler:
+class ODESampler(ABC):
     """A fixed-grid ODE sampler with its default step count and grid (usable from YAML by ``class_path``).
 
     Args:
@@ -153,8 +154,9 @@ class ODESampler:
         n = self.num_steps if num_steps is None else int(num_steps)
         return self.evals_per_interval * (n - 1)
 
+    @abstractmethod
     def solve(self, fn: VelocityFn, x: Tensor, grid: Tensor, **kwargs) -> SampleOutput:
-        raise NotImplementedError
+        """Integrate ``x`` (noise at ``grid[0]``) over ``grid`` with velocity ``fn``."""
 
     def __call__(
         self,

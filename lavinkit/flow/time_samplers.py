@@ -14,6 +14,8 @@ device) and the result is then moved to ``device``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 
@@ -22,7 +24,7 @@ from lavinkit.flow.path import shift_time
 __all__ = ["TimeSampler", "UniformTimeSampler", "LogitNormalTimeSampler", "ShiftedTimeSampler"]
 
 
-class TimeSampler:
+class TimeSampler(ABC):
     """Base class: draws ``t [B]`` in [0, 1] (float32)."""
 
     def __init__(self, seed: int | None = None) -> None:
@@ -38,9 +40,9 @@ class TimeSampler:
             return self._generator
         return None
 
+    @abstractmethod
     def sample(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
         """Draw ``[batch_size]`` float32 times on the generator's device (CPU when none)."""
-        raise NotImplementedError
 
     def __call__(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
