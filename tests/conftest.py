@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 PARITY = ASSETS / "parity"
 
@@ -33,6 +36,20 @@ def load_parity(name: str) -> dict[str, torch.Tensor]:
 
     tensors = load_file(str(PARITY / f"{name}.safetensors"))
     return {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+
+
+# Launcher variables a previous in-process DDP run may leave behind; a fresh launch must not inherit them.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+            "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "PL_GLOBAL_SEED", "PL_TRAINER_GPUS")
+
+
+def run_distributed_script(script: Path, *args: str, cwd: Path | None = None,
+                           timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``script`` (which launches its own DDP/FSDP processes) in a clean environment; output captured."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, str(script), *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

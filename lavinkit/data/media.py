@@ -213,12 +213,17 @@ def decode_npy(data: bytes) -> np.ndarray:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - numpy raises several types for bad headers
         raise ValueError(f"cannot decode npy ({err})") from err
+    return as_frames(arr, "npy clip")
+
+
+def as_frames(arr: np.ndarray, what: str) -> np.ndarray:
+    """Check uint8 ``[H, W, 3]`` / ``[T, H, W, 3]`` pixels and return them as ``[T, H, W, 3]``."""
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"npy clip must be [T, H, W, 3], got shape {list(arr.shape)}")
+        raise ValueError(f"{what} must be [H, W, 3] or [T, H, W, 3], got shape {list(arr.shape)}")
     if arr.dtype != np.uint8:
-        raise ValueError(f"npy clip must be uint8, got {arr.dtype}")
+        raise ValueError(f"{what} must be uint8 pixels, got {arr.dtype}")
     return arr
 
 

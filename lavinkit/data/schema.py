@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lavinkit.data.media import CLIP_EXTS, IMAGE_EXTS, decode_media, encode_media
+from lavinkit.data.media import CLIP_EXTS, IMAGE_EXTS, as_frames, decode_media, encode_media
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 MEMBERS = ("input", "target")
@@ -85,14 +85,7 @@ def _as_thwc(arr: Any, name: str) -> np.ndarray:
         if t.ndim != 4 or t.shape[0] != 3:
             raise ValueError(f"{name}: torch tensors must be [3, H, W] or [3, T, H, W], got {list(t.shape)}")
         arr = t.permute(1, 2, 3, 0).numpy()
-    arr = np.asarray(arr)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"{name}: expected [H, W, 3] or [T, H, W, 3], got {list(arr.shape)}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8 pixels, got {arr.dtype}")
-    return arr
+    return as_frames(np.asarray(arr), name)
 
 
 def make_sample(

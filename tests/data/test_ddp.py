@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,21 +11,9 @@ import pytest
 import webdataset as wds
 
 from lavinkit.data import make_sample
+from tests.conftest import run_distributed_script
 
 SCRIPT = Path(__file__).with_name("ddp_stream_script.py")
-DIST_ENV = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "WORLD_SIZE",
-    "RANK",
-    "LOCAL_RANK",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-    "TORCHELASTIC_RUN_ID",
-    "PL_GLOBAL_SEED",
-    "PL_TRAINER_GPUS",
-)
 
 
 def write_uneven(folder: Path, sizes: list[int], tasks=("a", "b", "c"), seed=0) -> None:
@@ -50,17 +35,8 @@ def test_ddp_two_ranks_uneven_shards(tmp_path):
     write_uneven(tmp_path / "data" / "val", [18, 9, 3], seed=1)
     out = tmp_path / "out"
     out.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "data"), str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_distributed_script(SCRIPT, tmp_path / "data", out, cwd=tmp_path, timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert elapsed < 60

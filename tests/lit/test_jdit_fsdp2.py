@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_distributed_script
 
 SCRIPT = r"""
 import sys
@@ -69,13 +64,8 @@ if __name__ == "__main__":
 
 @pytest.mark.distributed
 def test_fsdp2_two_processes(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
-                        "LOCAL_WORLD_SIZE", "GROUP_RANK")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     script = tmp_path / "jdit_fsdp2_smoke.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_distributed_script(script, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FSDP2-OK" in proc.stdout

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +19,7 @@ from lavinkit.lit.utils import check_manual_optimization_strategy
 from lavinkit.losses import AdversarialLoss, KLLoss, ReconstructionLoss
 from lavinkit.models.io import load_pretrained
 from lavinkit.models.stvae.discriminator import NLayerDiscriminator, PatchDiscriminator
+from tests.conftest import run_distributed_script
 
 HERE = Path(__file__).parent
 
@@ -399,13 +397,8 @@ if __name__ == "__main__":
 def test_ddp_two_processes_image_and_clip_batches(tmp_path):
     """2-process gloo DDP: discriminator off then on, image and clip batches (unused-parameter safety), a NaN on
     rank 1 only skips the step on both ranks without a hang."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
-                        "LOCAL_WORLD_SIZE", "GROUP_RANK")}
-    env["PYTHONPATH"] = str(HERE.parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
     script = tmp_path / "stvae_ddp_smoke.py"
     script.write_text(DDP_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_distributed_script(script, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DDP-OK" in proc.stdout
