@@ -80,8 +80,6 @@ def _ext(path: Path) -> str:
 
 def load_media(path: Path, size: tuple[int, int], max_frames: int | None = None) -> Media:
     """Read an image or clip, resize (bicubic + antialias, as official) and scale to [-1, 1]."""
-    from torchvision.transforms.functional import InterpolationMode, resize
-
     from lavinkit.data import media
 
     if not path.is_file():
@@ -100,12 +98,29 @@ def load_media(path: Path, size: tuple[int, int], max_frames: int | None = None)
         raise
     except (ValueError, OSError) as err:
         raise InferError(f"{path}: cannot read ({err})") from err
+    pixels, uint8 = prepare_frames(frames, size, max_frames)
+    return Media(path, pixels, uint8)
+
+
+def prepare_frames(frames: torch.Tensor, size: tuple[int, int],
+                   max_frames: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Decoded frames -> model input: cut to the largest 1 + 4k frames (at most ``max_frames``), resize.
+
+    Args:
+        frames: uint8 ``[T, 3, H, W]``.
+        size: ``(H, W)`` output size; bicubic + antialias, as the official code resizes.
+
+    Returns:
+        ``(pixels, uint8)``: float ``[1, 3, T', H, W]`` in [-1, 1] and the resized frames uint8 ``[T', H, W, 3]``.
+    """
+    from torchvision.transforms.functional import InterpolationMode, resize
+
     if max_frames is not None:
         frames = frames[:max_frames]
     frames = frames[: 1 + 4 * ((frames.shape[0] - 1) // 4)]  # largest 1 + 4k frames
     frames = resize(frames.contiguous(), list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
     pixels = (frames.float() / 255 - 0.5) * 2  # [T, 3, H, W]
-    return Media(path, pixels.permute(1, 0, 2, 3)[None].contiguous(), frames.permute(0, 2, 3, 1).numpy())
+    return pixels.permute(1, 0, 2, 3)[None].contiguous(), frames.permute(0, 2, 3, 1).numpy()
 
 
 def find_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -193,6 +208,71 @@ def _checkpoint_vae(checkpoint: Path) -> str:
     return str(vae)
 
 
+def resolve_model_paths(checkpoint: str | None, dit: str | None, vae: str | None) -> tuple[str, str]:
+    """``(dit_path, vae_path)`` from ``--checkpoint`` / ``--dit`` / ``--vae``; the VAE defaults to the one a
+    ``--checkpoint`` records. Both files must exist."""
+    if checkpoint and dit:
+        raise InferError("--checkpoint and --dit both name a J-DiT; pass one of them")
+    dit_path = checkpoint or dit
+    if not dit_path:
+        raise InferError("no J-DiT given: pass --dit (weights) or --checkpoint (training .ckpt)")
+    if not Path(dit_path).is_file():
+        raise InferError(f"--{'checkpoint' if checkpoint else 'dit'} {dit_path}: no such file")
+    vae_path = vae or (_checkpoint_vae(Path(checkpoint)) if checkpoint else None)
+    if not vae_path:
+        raise InferError("no ST-VAE given: pass --vae")
+    if not Path(vae_path).is_file():
+        raise InferError(f"--vae {vae_path}{' (recorded in --checkpoint)' if not vae else ''}: no such file")
+    return str(dit_path), str(vae_path)
+
+
+def pipeline_options(args) -> dict:
+    """``InContextPipeline`` keyword arguments from the sampling options (``--steps``, ``--grid``, ``--shift``,
+    ``--sampler``, ``--guidance-*``, ``--encode-mode``, ``--device``, the dtypes, ``--allow-fp16``)."""
+    from lavinkit.flow.grids import OFFICIAL_GRIDS, ShiftedGrid
+
+    if args.steps < 2:
+        raise InferError(f"--steps must be >= 2 (grid points), got {args.steps}")
+    if args.grid == "official" and args.steps not in OFFICIAL_GRIDS:
+        raise InferError(f"--steps {args.steps}: the official grid has {sorted(OFFICIAL_GRIDS)} points only; "
+                         "use --grid uniform or --grid shifted for other step counts")
+    dtype = lambda name: None if name == "auto" else DTYPES[name]  # noqa: E731
+    return dict(
+        sampler=args.sampler, num_steps=args.steps,
+        grid=ShiftedGrid(args.shift) if args.grid == "shifted" else args.grid,
+        guidance_scale=args.guidance_scale, guidance_mode=args.guidance_mode, encode_mode=args.encode_mode,
+        device=args.device, dtype=dtype(args.dtype), encode_dtype=dtype(args.encode_dtype),
+        decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
+    )  # fmt: skip
+
+
+def add_pipeline_arguments(p) -> None:
+    """The model and sampling options shared by ``lavinkit infer`` and ``lavinkit eval``."""
+    p.add_argument("--vae", type=str | None, default=None, help="ST-VAE weights (lavinkit or official stvae.pt)")
+    p.add_argument("--dit", type=str | None, default=None, help="J-DiT weights (lavinkit or official safetensors)")
+    p.add_argument("--checkpoint", type=str | None, default=None,
+                   help="JDiTModule training checkpoint (.ckpt): J-DiT (+ its recorded ST-VAE unless --vae)")
+    p.add_argument("--num-pairs", type=int, default=4, help="example pairs per query (seeded, no replacement)")
+    p.add_argument("--steps", type=int, default=20, help="time-grid points (Euler: steps - 1 evaluations)")
+    p.add_argument("--grid", type=Literal["official", "uniform", "shifted"], default="official",
+                   help="official (20/30/40 steps), uniform or shifted")
+    p.add_argument("--shift", type=float, default=3.0, help="shift of the 'shifted' grid")
+    p.add_argument("--sampler", type=Literal["euler", "heun"], default="euler")
+    p.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-mode", type=Literal["batched", "two_pass"], default="batched")
+    p.add_argument("--encode-mode", type=Literal["sample", "mean"], default="sample",
+                   help="posterior sample (official) or mean for the context latents")
+    p.add_argument("--size", type=str, default="512x512", help="HxW, multiples of 16")
+    p.add_argument("--max-frames", type=int | None, default=None, help="cut clips to at most this many frames")
+    p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", type=Literal["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="J-DiT dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--encode-dtype", type=Literal["auto", "float32", "bfloat16", "float16"], default="auto")
+    p.add_argument("--decode-dtype", type=Literal["auto", "float32", "bfloat16", "float16"], default="auto")
+    p.add_argument("--allow-fp16", type=bool, default=False, help="allow float16 with bfloat16 weights")
+    p.add_argument("--no-ema", type=bool, default=False, help="load raw instead of EMA weights from .ckpt files")
+
+
 @dataclass
 class QueryJob:
     """One query to answer: its file, its task folder and pairs, the pair it must not use, its known target."""
@@ -264,10 +344,6 @@ def build_parser():
 
     p = ArgumentParser(prog="lavinkit infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action=ActionConfigFile, help="YAML/JSON file with any of these options")
-    p.add_argument("--vae", type=str | None, default=None, help="ST-VAE weights (lavinkit or official stvae.pt)")
-    p.add_argument("--dit", type=str | None, default=None, help="J-DiT weights (lavinkit or official safetensors)")
-    p.add_argument("--checkpoint", type=str | None, default=None,
-                   help="JDiTModule training checkpoint (.ckpt): J-DiT (+ its recorded ST-VAE unless --vae)")
     p.add_argument("--query", type=str | None, default=None,
                    help="query image/clip, or a folder of them; omit for held-out queries of every task")
     p.add_argument("--task-folder", type=str, required=True,
@@ -277,29 +353,11 @@ def build_parser():
     p.add_argument("--queries-per-task", type=int, default=1,
                    help="without --query: held-out pairs per task used as queries (the last ones by name)")
     p.add_argument("--out", type=str, required=True, help="output folder")
-    p.add_argument("--num-pairs", type=int, default=4, help="example pairs per query (seeded, no replacement)")
-    p.add_argument("--steps", type=int, default=20, help="time-grid points (Euler: steps - 1 evaluations)")
-    p.add_argument("--grid", type=Literal["official", "uniform", "shifted"], default="official",
-                   help="official (20/30/40 steps), uniform or shifted")
-    p.add_argument("--shift", type=float, default=3.0, help="shift of the 'shifted' grid")
-    p.add_argument("--sampler", type=Literal["euler", "heun"], default="euler")
-    p.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-mode", type=Literal["batched", "two_pass"], default="batched")
-    p.add_argument("--encode-mode", type=Literal["sample", "mean"], default="sample",
-                   help="posterior sample (official) or mean for the context latents")
     p.add_argument("--seed", type=int, default=0, help="seed of query i is seed + i (pairs and noise)")
-    p.add_argument("--size", type=str, default="512x512", help="HxW, multiples of 16")
-    p.add_argument("--max-frames", type=int | None, default=None, help="cut clips to at most this many frames")
     p.add_argument("--fps", type=int, default=8, help="frame rate of written mp4s")
-    p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", type=Literal["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="J-DiT dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--encode-dtype", type=Literal["auto", "float32", "bfloat16", "float16"], default="auto")
-    p.add_argument("--decode-dtype", type=Literal["auto", "float32", "bfloat16", "float16"], default="auto")
-    p.add_argument("--allow-fp16", type=bool, default=False, help="allow float16 with bfloat16 weights")
     p.add_argument("--rounding", type=Literal["round", "truncate"], default="round",
                    help="uint8 conversion of results (truncate = official)")
-    p.add_argument("--no-ema", type=bool, default=False, help="load raw instead of EMA weights from .ckpt files")
+    add_pipeline_arguments(p)
     return p
 
 
@@ -310,39 +368,15 @@ def run(args) -> list[dict]:
     size = parse_size(args.size)
     if args.max_frames is not None and args.max_frames < 1:
         raise InferError(f"--max-frames must be >= 1, got {args.max_frames}")
-    if args.checkpoint and args.dit:
-        raise InferError("--checkpoint and --dit both name a J-DiT; pass one of them")
-    dit_path = args.checkpoint or args.dit
-    if not dit_path:
-        raise InferError("no J-DiT given: pass --dit (weights) or --checkpoint (training .ckpt)")
-    if not Path(dit_path).is_file():
-        raise InferError(f"--{'checkpoint' if args.checkpoint else 'dit'} {dit_path}: no such file")
-    vae_path = args.vae or (_checkpoint_vae(Path(args.checkpoint)) if args.checkpoint else None)
-    if not vae_path:
-        raise InferError("no ST-VAE given: pass --vae")
-    if not Path(vae_path).is_file():
-        raise InferError(f"--vae {vae_path}: no such file")
+    dit_path, vae_path = resolve_model_paths(args.checkpoint, args.dit, args.vae)
     jobs = plan_queries(args)
     # check every pair-count before loading models (fail fast)
     for job in jobs:
         choose_pairs(job.pairs, args.num_pairs, 0, job.exclude, job.folder)
 
-    from lavinkit.flow.grids import OFFICIAL_GRIDS, ShiftedGrid
-
-    if args.steps < 2:
-        raise InferError(f"--steps must be >= 2 (grid points), got {args.steps}")
-    if args.grid == "official" and args.steps not in OFFICIAL_GRIDS:
-        raise InferError(f"--steps {args.steps}: the official grid has {sorted(OFFICIAL_GRIDS)} points only; "
-                         "use --grid uniform or --grid shifted for other step counts")
-    dtype = lambda name: None if name == "auto" else DTYPES[name]  # noqa: E731
     try:
-        pipe = InContextPipeline.from_checkpoints(
-            vae_path, dit_path, use_ema=not args.no_ema, sampler=args.sampler, num_steps=args.steps,
-            grid=ShiftedGrid(args.shift) if args.grid == "shifted" else args.grid,
-            guidance_scale=args.guidance_scale, guidance_mode=args.guidance_mode, encode_mode=args.encode_mode,
-            device=args.device, dtype=dtype(args.dtype), encode_dtype=dtype(args.encode_dtype),
-            decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
-        )  # fmt: skip
+        pipe = InContextPipeline.from_checkpoints(vae_path, dit_path, use_ema=not args.no_ema,
+                                                  **pipeline_options(args))
     except ValueError as err:  # bad model files, fp16 with bf16 weights (see --dtype / --allow-fp16)
         raise InferError(f"cannot build the pipeline from --vae {vae_path} / --dit {dit_path}: {err}") from err
     out_dir = Path(args.out)
