@@ -4,9 +4,9 @@
 and the DataModule are chosen by ``class_path`` in YAML, so any LightningModule / LightningDataModule
 (ours or a user's) can be swapped in without code changes.
 
-The other subcommands (``data``, ``encode``, ``convert``, ``infer``, ``bench``) do not train; each lives in
-``lavinkit.commands.<name>`` and exposes ``main(argv) -> int`` built on jsonargparse, so they share the look
-and feel of the training commands (``--help``, ``--config``, errors that name the option at fault).
+The other subcommands (``data``, ``encode``, ``convert``, ``infer``, ``eval``, ``bench``) do not train; each
+lives in ``lavinkit.commands.<name>`` and exposes ``main(argv) -> int`` built on jsonargparse, so they share the
+look and feel of the training commands (``--help``, ``--config``, errors that name the option at fault).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ TOOL_COMMANDS = {
     "encode": "write latent shards from pair shards with a given ST-VAE",
     "convert": "convert checkpoints between the official LaVin-DiT layout and lavinkit (safetensors out)",
     "infer": "in-context inference: a query image/clip and a task folder of example pairs -> result",
+    "eval": "per-task scores of an in-context model vs the identity baseline, the VAE ceiling and a context swap",
     "bench": "benchmarks: data loading, ST-VAE and J-DiT throughput",
 }
 

@@ -284,6 +284,13 @@ class QueryJob:
     target: Path | None = None
 
 
+def task_folders(root: Path) -> list[Path]:
+    """The task folders of a folder of task folders, in name order (``root`` itself when it has no subfolders)."""
+    if not root.is_dir():
+        raise InferError(f"--task-folder {root}: no such directory")
+    return sorted(p for p in root.iterdir() if p.is_dir()) or [root]
+
+
 def plan_queries(args) -> list[QueryJob]:
     """The queries of a run: ``--query`` files against one task folder, or held-out pairs of every task."""
     root = Path(args.task_folder)
@@ -292,11 +299,7 @@ def plan_queries(args) -> list[QueryJob]:
         return [QueryJob(q, root, pairs, _query_pair_name(q, root)) for q in find_queries(Path(args.query))]
     if args.queries_per_task < 1:
         raise InferError(f"--queries-per-task must be >= 1, got {args.queries_per_task}")
-    if not root.is_dir():
-        raise InferError(f"--task-folder {root}: no such directory")
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
-    if not folders:  # a single task folder
-        folders = [root]
+    folders = task_folders(root)
     if args.tasks:
         known = {p.name: p for p in folders}
         missing = [t for t in args.tasks if t not in known]
