@@ -393,6 +393,8 @@ class JDiTModule(LightningModule):
             target_px = sub["target"][:, -1].float()
             query_px = sub["input"][:, -1].float()
         self._score(pred_px, target_px, [tasks[i] for i in rows])
+        if stage == "test":
+            self._score_identity(query_px, target_px, [tasks[i] for i in rows])
         for j, i in enumerate(rows):
             shown = self._images.setdefault(tasks[i], [])
             if len(shown) < self.log_images:
@@ -414,6 +416,34 @@ class JDiTModule(LightningModule):
             scores = self._scores.setdefault(task, defaultdict(list))
             scores["psnr"].append(psnr)
             scores["ssim"].append(ssim)
+
+    def _score_identity(self, query: Tensor, target: Tensor, tasks: list[str]) -> None:
+        """Per-sample PSNR of the identity baseline (the query returned unchanged) vs the target (``[b, 3, T, H, W]``
+        in [-1, 1]): the number a prediction has to beat for the task to be learned at all."""
+        from lavinkit.evaluation.metrics import psnr
+
+        q = ((query + 1) / 2).clamp(0, 1)
+        g = ((target.to(query.device) + 1) / 2).clamp(0, 1)
+        for j, task in enumerate(tasks):
+            self._scores.setdefault(task, defaultdict(list))["identity_psnr"].append(psnr(q[j], g[j]))
+
+    def _log_table_text(self, stage: str, table: dict[str, dict[str, float]]) -> None:
+        """The per-task table as Markdown text in every TensorBoard logger (``<stage>/tasks``)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from lavinkit.evaluation import format_task_table
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or not table:
+            return
+        rows = {}
+        for task, ms in table.items():
+            rows[task] = dict(ms)
+            if "psnr" in ms and "identity_psnr" in ms:
+                rows[task]["beats_identity_db"] = ms["psnr"] - ms["identity_psnr"]
+        text = format_task_table(rows, markdown=True)
+        for logger in loggers:
+            logger.experiment.add_text(f"{stage}/tasks", text, global_step=self.global_step)
 
     def _reset_eval(self) -> None:
         self._scores, self._seen, self._images = {}, {}, {}
@@ -484,6 +514,7 @@ class JDiTModule(LightningModule):
         if self.global_rank == 0:
             self._log_images("test")
             rank_zero_info(format_table(table))
+            self._log_table_text("test", table)
         self._reset_eval()
 
     # ------------------------------------------------------------------ checkpoints
