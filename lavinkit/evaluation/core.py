@@ -255,7 +255,7 @@ def evaluate(
 
     from lavinkit.data.pipeline import derive_seed
 
-    # ---- options and data first: they fail in seconds, loading a large model does not
+    # ---- options, paths and data first: they fail in seconds, loading a large model does not
     if num_pairs < 1:
         raise EvalError(f"--num-pairs must be >= 1 (the prediction and the swap need example pairs), got {num_pairs}")
     if queries_per_task < 1:
@@ -268,11 +268,18 @@ def evaluate(
     size = _parse_size(size)
     if (task_folder is None) == (shards is None):
         raise EvalError("pass exactly one data source: --task-folder (a folder of task folders) or --shards")
+    from lavinkit.pipeline import InContextPipeline
+
+    given_pipeline = isinstance(model, InContextPipeline)
+    if given_pipeline and (vae is not None or pipeline_kwargs):
+        raise TypeError("evaluate(): vae and pipeline options apply to a model path, not to a built pipeline")
+    dit_label, vae_label = ("<InContextPipeline>",) * 2 if given_pipeline else model_paths(model, vae)
     if task_folder is not None:
-        available, where, source = tasks_from_folders(task_folder), f"--task-folder {task_folder}", {
-            "task_folder": str(task_folder)}
+        available, where = tasks_from_folders(task_folder), f"--task-folder {task_folder}"
+        source = {"task_folder": str(task_folder)}
     else:
-        available, where, source = tasks_from_shards(shards), f"--shards {shards}", {"shards": shards}
+        available, where = tasks_from_shards(shards), f"--shards {shards}"
+        source = {"shards": shards if isinstance(shards, str) else list(shards)}
     selected = _resolve_tasks(available, tasks, where)
     partners = _resolve_partners(available, selected, swap_with, where)
     for name in dict.fromkeys([*selected, *(p for p in partners.values() if p)]):
@@ -285,15 +292,10 @@ def evaluate(
             raise EvalError(f"--lpips-weights: {err}") from None
 
     # ---- the model
-    from lavinkit.pipeline import InContextPipeline
-
-    if isinstance(model, InContextPipeline):
-        if vae is not None or pipeline_kwargs:
-            raise TypeError("evaluate(): vae and pipeline options apply to a model path, not to a built pipeline")
-        pipe, dit_label, vae_label = model, "<InContextPipeline>", "<InContextPipeline>"
+    if given_pipeline:
+        pipe = model
         check_pipeline(pipe)
     else:
-        dit_label, vae_label = model_paths(model, vae)
         pipe = load_pipeline(dit_label, vae_label, use_ema=use_ema, **pipeline_kwargs)
 
     settings = {
@@ -355,7 +357,8 @@ def evaluate(
                         swap_ssim=metrics.ssim(swapped, target),
                         swap_ref_psnr=metrics.psnr(swapped, ref) if ref is not None else None,
                         pred_ref_psnr=metrics.psnr(pred, ref) if ref is not None else None,
-                        swap_change_psnr=metrics.psnr(swapped, pred), swap_abs_change=metrics.mean_abs_255(swapped, pred),
+                        swap_change_psnr=metrics.psnr(swapped, pred),
+                        swap_abs_change=metrics.mean_abs_255(swapped, pred),
                     )  # fmt: skip
                     record["swap_shift_db"] = (record["swap_ref_psnr"] - record["pred_ref_psnr"]
                                                if ref is not None else None)

@@ -53,7 +53,7 @@ class EvalTask:
         return list(self.loaders)
 
     def pair(self, name: str, size: tuple[int, int], max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(input, target)`` uint8 ``[T, H, W, 3]`` of pair ``name`` at ``size`` (cached as uint8, the compact form)."""
+        """``(input, target)`` uint8 ``[T, H, W, 3]`` of pair ``name`` at ``size`` (cached in that compact form)."""
         key = (name, tuple(size), max_frames)
         if key not in self._cache:
             inp, tgt = self.loaders[name](tuple(size), max_frames)

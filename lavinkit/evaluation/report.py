@@ -76,9 +76,9 @@ def format_task_table(rows: Mapping[str, Mapping[str, Any]], *, markdown: bool =
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in [labels, *body]) for i in range(len(labels))]
-    fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    head = fmt(labels)
-    return "\n".join([head, "-" * len(head), *map(fmt, body)])
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [labels, *body]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def task_means(records: Sequence[Mapping[str, Any]], keys: Sequence[str] = METRICS) -> dict[str, float | None]:
@@ -175,7 +175,8 @@ class EvalReport:
         }
 
     def summary(self) -> str:
-        """One line, e.g. ``prediction beats identity on 4/6 tasks (>= 0 dB), 2/6 by >= 3 dB; mean swap shift +1.2 dB``."""
+        """One line, e.g. ``prediction beats identity on 4/6 tasks (>= 0 dB), 2/6 by >= 3 dB; mean swap shift
+        +1.2 dB (over 5 tasks)``."""
         s = self.summary_numbers()
         n = s["tasks"]
         line = (f"prediction beats identity on {s['beats_identity']}/{n} tasks (>= 0 dB), "
@@ -205,8 +206,8 @@ class EvalReport:
                  self.summary(), "",
                  f"J-DiT `{s.get('dit')}`, ST-VAE `{s.get('vae')}`; {s.get('num_pairs')} example pairs, "
                  f"{s.get('queries_per_task')} queries per task, seeds {s.get('seeds')}, size "
-                 f"{'x'.join(map(str, s.get('size', [])))}, {s.get('steps')} steps, guidance {s.get('guidance_scale')}, "
-                 f"encode mode {s.get('encode_mode')}.",
+                 f"{'x'.join(map(str, s.get('size', [])))}, {s.get('steps')} steps, guidance "
+                 f"{s.get('guidance_scale')}, encode mode {s.get('encode_mode')}.",
                  "",
                  "Identity: the query returned unchanged. Ceiling: the ST-VAE reconstruction of the target. Swapped: "
                  "the prediction with a partner task's example pairs; swap shift = PSNR(swapped, partner reference) - "
@@ -225,7 +226,8 @@ class EvalReport:
         shape = next(t.shape for row in self.grid for t in row.tiles if t is not None)
         cols = max(len(row.tiles) for row in self.grid)
         blank = torch.full(shape, 0.5)
-        tiles = [t if t is not None else blank for row in self.grid for t in row.tiles + [None] * (cols - len(row.tiles))]
+        tiles = [t if t is not None else blank
+                 for row in self.grid for t in row.tiles + [None] * (cols - len(row.tiles))]
         scale = max(1, -(-96 // shape[-1]))  # small images are enlarged so that the labels fit above them
         grid = make_grid(torch.stack(tiles), nrow=cols, padding=2, pad_value=1.0)  # [3, H', W']
         if scale > 1:
