@@ -173,9 +173,12 @@ def tasks_from_shards(urls: str | Sequence[str]) -> dict[str, EvalTask]:
 
         return load
 
-    where = resolved[0] if len(resolved) == 1 else f"{len(resolved)} shards from {resolved[0]}"
+    def where(pairs: dict) -> str:
+        urls = sorted({raw[4] for raw in pairs.values()})
+        return urls[0] if len(urls) == 1 else f"{len(urls)} shards: {', '.join(urls[:3])}{', ...' * (len(urls) > 3)}"
+
     return {
-        task: EvalTask(task, modality[task][0], where,
+        task: EvalTask(task, modality[task][0], where(pairs),
                        {key: loader(raw, key) for key, raw in sorted(pairs.items())})
         for task, pairs in sorted(members.items())
     }

@@ -28,8 +28,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "partner": ("swap partner", "s"),
     "swap_psnr": ("swapped PSNR", ".2f"),
     "swap_shift_db": ("swap shift dB", "+.2f"),
-    "swap_change_psnr": ("swapped vs pred PSNR", ".2f"),
-    "swap_abs_change": ("swapped vs pred abs 0-255", ".2f"),
+    "swap_change_psnr": ("swap vs pred PSNR", ".2f"),
+    "swap_abs_change": ("swap change 0-255", ".2f"),
     "latent_mse": ("latent MSE", ".4f"),
 }
 # per-record numbers averaged per task (the rest of a record describes the query)
@@ -246,8 +246,8 @@ class EvalReport:
         row_h = (shape[-2] + 2) * scale
         for j, row in enumerate(self.grid):
             y = head + j * row_h + row_h // 2 - 12
-            draw.text((4, y), row.task[:26], fill=(255, 255, 255))
-            draw.text((4, y + 14), f"swap: {row.partner[:20]}" if row.partner else "swap: -", fill=(180, 180, 180))
+            draw.text((4, y), row.task[:28], fill=(255, 255, 255))
+            draw.text((4, y + 14), f"swap: {row.partner[:22]}" if row.partner else "swap: -", fill=(180, 180, 180))
         return media.encode_image(np.asarray(canvas), "png")
 
     def write(self, out: str | Path) -> dict[str, Path]:
