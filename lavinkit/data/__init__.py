@@ -29,6 +29,7 @@ _EXPORTS = {
     "VideoPairDataModule": "lavinkit.data.datamodule",
     "MixtureDataModule": "lavinkit.data.datamodule",
     "LatentPairDataModule": "lavinkit.data.datamodule",
+    "LatentMixtureDataModule": "lavinkit.data.datamodule",
     "SkippedSamplesLogger": "lavinkit.data.datamodule",
     "StreamLoader": "lavinkit.data.datamodule",
 }
@@ -38,6 +39,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from lavinkit.data.datamodule import (  # noqa: F401
         ImagePairDataModule,
+        LatentMixtureDataModule,
         LatentPairDataModule,
         MixtureDataModule,
         SkippedSamplesLogger,

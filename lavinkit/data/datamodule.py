@@ -595,18 +595,19 @@ class MixtureDataModule(_PairDataModule):
         image_urls, video_urls = self.urls[split]
         train = split == "train"
         out = []
-        for i, (modality, urls, decoder, batch_size) in enumerate(
-            (
-                ("image", image_urls, PixelDecoder("image", self.size), self.batch_size),
-                ("video", video_urls, PixelDecoder("video", self.size, self.frames), self.video_batch_size),
-            )
+        for i, (modality, urls, batch_size) in enumerate(
+            (("image", image_urls, self.batch_size), ("video", video_urls, self.video_batch_size))
         ):
+            decoder = self._modality_decoder(modality)
             if urls is None or (train and self.weights[i] <= 0):
                 continue
             named = "val" if split == "test" and not self.test_urls_given[i] else split
             what = f"{modality}_{named}_urls"
             out.append(Source(modality, resolve_urls(urls, what=what), decoder, batch_size, self.weights[i]))
         return out
+
+    def _modality_decoder(self, modality: str) -> PixelDecoder | LatentDecoder:
+        return PixelDecoder(modality, self.size, self.frames if modality == "video" else None)
 
 
 class LatentPairDataModule(_SingleSourceDataModule):
@@ -649,6 +650,60 @@ class LatentPairDataModule(_SingleSourceDataModule):
         self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
 
     def _decoder(self) -> LatentDecoder:
+        return self.decoder
+
+
+class LatentMixtureDataModule(MixtureDataModule):
+    __doc__ = (
+        "Image and clip latent shards (``lavinkit encode``) in one stream; each batch is all image latents or all\n"
+        "    clip latents, drawn by weight. Batches are those of ``LatentPairDataModule`` (``\"latents\": True``).\n"
+        + _COMMON_DOC
+        + "        image_train_urls / video_train_urls / image_val_urls / video_val_urls: the two latent shard sets.\n"
+        + "        image_test_urls / video_test_urls: test shards (default: the validation ones).\n"
+        + "        image_weight, video_weight: probability weights of drawing an image / clip batch.\n"
+        + "        video_batch_size: examples per clip batch (default: batch_size).\n"
+        + "        latent_shift, latent_scale, vae: as in ``LatentPairDataModule``.\n"
+        + "    Validation and test yield the image batches, then the clip batches (val_batches is split between them).\n"
+    )
+
+    latents = True
+
+    def __init__(
+        self,
+        image_train_urls: Urls | None = None,
+        video_train_urls: Urls | None = None,
+        image_val_urls: Urls | None = None,
+        video_val_urls: Urls | None = None,
+        image_test_urls: Urls | None = None,
+        video_test_urls: Urls | None = None,
+        *,
+        image_weight: float = 1.0,
+        video_weight: float = 1.0,
+        batch_size: int = 8,
+        video_batch_size: int | None = None,
+        num_context: NumContext = 2,
+        val_num_context: int | None = None,
+        steps_per_epoch: int = 1000,
+        val_batches: int | None = None,
+        latent_shift: float = 0.0,
+        latent_scale: float = 1.0,
+        vae: str | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        task_weights: dict[str, float] | None = None,
+        max_skipped: int | None = 100,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+    ):
+        super().__init__(
+            image_train_urls, video_train_urls, image_val_urls, video_val_urls, image_test_urls, video_test_urls,
+            image_weight=image_weight, video_weight=video_weight, video_batch_size=video_batch_size,
+            **_common_args(locals()),
+        )  # fmt: skip
+        self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
+
+    def _modality_decoder(self, modality: str) -> LatentDecoder:
         return self.decoder
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -79,6 +79,14 @@ class STVAEModule(pl.LightningModule):
             runs draw.
         val_media_batches: validation batches whose inputs and reconstructions are returned for
             ``lavinkit.lit.callbacks.MediaLogger``.
+        measure_latent_stats: after every validation epoch of ``fit``, set the config's ``latent_shift`` /
+            ``latent_scale`` to the mean and ``1 / std`` of the validation posterior means (logged as
+            ``val/latent_mean``, ``val/latent_std`` in any case), so the normalised latents that ``lavinkit encode``
+            writes for the J-DiT have zero mean and unit variance. Off: the configured values are kept.
+        pair_sides: which images of each input/target pair the VAE trains and validates on: ``"both"``, or
+            ``"target"`` only (clean images, when inputs are degraded copies: noise, JPEG blocks or dark
+            frames cannot be reconstructed and take capacity from natural images; such inputs are still
+            encoded fine for the J-DiT).
     """
 
     def __init__(
@@ -100,6 +108,8 @@ class STVAEModule(pl.LightningModule):
         gradient_checkpointing: bool | None = None,
         seed: int = 0,
         val_media_batches: int = 1,
+        measure_latent_stats: bool = False,
+        pair_sides: Literal["both", "target"] = "both",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -128,6 +138,10 @@ class STVAEModule(pl.LightningModule):
         self.grad_clip_norm = grad_clip_norm
         self.seed = seed
         self.val_media_batches = val_media_batches
+        self.measure_latent_stats = bool(measure_latent_stats)
+        if pair_sides not in ("both", "target"):
+            raise ValueError(f"STVAEModule: pair_sides must be 'both' or 'target', got {pair_sides!r}")
+        self.pair_sides = pair_sides
         self._initialised_from: str | None = None
         # persistent counter (resumes with the run)
         self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
@@ -193,14 +207,15 @@ class STVAEModule(pl.LightningModule):
         return opts, scheds
 
     # ------------------------------------------------------------------ batches
-    @staticmethod
-    def clips(batch: dict[str, Any]) -> Tensor:
+    def clips(self, batch: dict[str, Any]) -> Tensor:
         """Training examples of a pair batch: ``input`` and ``target`` ``[B, N, 3, T, H, W]`` ->
-        ``[B * 2N, 3, T, H, W]`` (both sides of every pair)."""
+        ``[B * 2N, 3, T, H, W]`` (both sides of every pair) or ``[B * N, 3, T, H, W]`` (``pair_sides="target"``)."""
         if batch.get("latents"):
             raise ValueError(
                 "STVAEModule trains on pixels but got a latent batch; use an image/video/mixture pair DataModule"
             )
+        if self.pair_sides == "target":
+            return batch["target"].flatten(0, 1)
         x = torch.cat([batch["input"], batch["target"]], dim=1)  # [B, 2N, 3, T, H, W]
         return x.flatten(0, 1)
 
@@ -339,11 +354,16 @@ class STVAEModule(pl.LightningModule):
             }
         for m in self._val_metrics.values():
             m.to(self.device).reset()
+        # float64 sum, sum of squares and count of the posterior means seen in this validation epoch
+        self._latent_moments = torch.zeros(3, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any] | None:
         x = self.clips(batch)
         posterior = self.vae.encode(x)
-        x_hat = self.vae.decode(posterior.mode()).clamp(-1, 1)
+        z = posterior.mode()
+        self._latent_moments += torch.stack([z.double().sum(), z.double().square().sum(),
+                                             torch.tensor(z.numel(), dtype=torch.float64, device=z.device)])
+        x_hat = self.vae.decode(z).clamp(-1, 1)
         terms = dict(self.reconstruction(x_hat, x))
         terms.update(self.kl(posterior))
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
@@ -360,6 +380,25 @@ class STVAEModule(pl.LightningModule):
         for name, metric in self._val_metrics.items():
             self.log(f"val/{name}", metric.compute(), prog_bar=name == "psnr", sync_dist=False)
             metric.reset()
+        moments = self.trainer.strategy.reduce(self._latent_moments, reduce_op="sum")
+        if float(moments[2]) > 1:
+            total, squares, count = (float(v) for v in moments)
+            mean = total / count
+            std = max((squares / count - mean * mean) * count / (count - 1), 0.0) ** 0.5
+            self.log_dict({"val/latent_mean": mean, "val/latent_std": std}, sync_dist=False)
+            if self.measure_latent_stats and self.trainer.state.fn == "fit" and std > 0:
+                self.set_latent_normalization(mean, 1.0 / std)
+
+    def set_latent_normalization(self, shift: float, scale: float) -> None:
+        """Store ``normalize_latents(z) = (z - shift) * scale`` in the VAE config (saved with every checkpoint).
+
+        With ``measure_latent_stats`` this is called after each validation epoch with the mean and ``1 / std`` of
+        the validation posterior means, so the latents the J-DiT trains on (``lavinkit encode``) have zero mean
+        and unit variance, the scale of the flow's Gaussian noise.
+        """
+        self.vae.config.latent_shift = float(shift)
+        self.vae.config.latent_scale = float(scale)
+        self.hparams["vae_config"] = self.vae.config.to_dict()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -374,6 +413,10 @@ class STVAEModule(pl.LightningModule):
             raise ValueError(
                 f"STVAEModule: cannot resume from a {block.get('kind')!r} checkpoint (expected an ST-VAE run)"
             )
+        if block is not None and self.measure_latent_stats:
+            saved = block.get("config", {})
+            if "latent_shift" in saved and "latent_scale" in saved:
+                self.set_latent_normalization(saved["latent_shift"], saved["latent_scale"])
 
 
 __all__ = ["STVAEModule"]

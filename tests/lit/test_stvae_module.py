@@ -18,6 +18,7 @@ from lavinkit.lit.callbacks import EMA, MediaLogger, StepTimer
 from lavinkit.lit.utils import check_manual_optimization_strategy
 from lavinkit.losses import AdversarialLoss, KLLoss, ReconstructionLoss
 from lavinkit.models.io import load_pretrained
+from lavinkit.models.stvae import STVAEConfig
 from lavinkit.models.stvae.discriminator import NLayerDiscriminator, PatchDiscriminator
 from tests.conftest import run_distributed_script
 
@@ -322,10 +323,56 @@ def test_bf16_mixed_fit_with_gradient_checkpointing(demo_data, tmp_path):
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.parameters())
 
 
+@pytest.mark.parametrize("measure", [True, False])
+def test_latent_stats_measured_on_validation_and_saved(demo_data, tmp_path, measure):
+    module = make_module(disc_start=10, measure_latent_stats=measure)
+    trainer = make_trainer(tmp_path, 2, limit_val_batches=2)
+    data = make_data(demo_data, steps_per_epoch=2)
+    trainer.fit(module, data)
+    # the same statistics computed directly over the validation batches the module saw (posterior means)
+    zs = []
+    with torch.no_grad():
+        for i, batch in enumerate(data.val_dataloader()):
+            if i == 2:
+                break
+            zs.append(module.vae.encode(module.clips(batch)).mode().flatten())
+    z = torch.cat(zs).double()
+    logged = trainer.logged_metrics
+    assert float(logged["val/latent_mean"]) == pytest.approx(float(z.mean()), rel=1e-4, abs=1e-6)
+    assert float(logged["val/latent_std"]) == pytest.approx(float(z.std()), rel=1e-4)
+    cfg = module.vae.config
+    if measure:
+        assert cfg.latent_shift == pytest.approx(float(z.mean()), rel=1e-4, abs=1e-6)
+        assert cfg.latent_scale == pytest.approx(1.0 / float(z.std()), rel=1e-4)
+        normalised = module.vae.normalize_latents(z.float())
+        assert abs(float(normalised.mean())) < 1e-3 and float(normalised.std()) == pytest.approx(1.0, rel=1e-3)
+    else:
+        preset = STVAEConfig.from_name("tiny")
+        assert (cfg.latent_shift, cfg.latent_scale) == (preset.latent_shift, preset.latent_scale)
+    ckpt = tmp_path / "stats.ckpt"
+    trainer.save_checkpoint(ckpt)
+    _, saved, _ = load_pretrained(ckpt)
+    assert (saved["latent_shift"], saved["latent_scale"]) == (cfg.latent_shift, cfg.latent_scale)
+    if measure:  # a resumed module restores the measured values before its next validation
+        fresh = make_module(disc_start=10, measure_latent_stats=True)
+        fresh.on_load_checkpoint(torch.load(ckpt, weights_only=True))
+        assert fresh.vae.config.latent_shift == cfg.latent_shift
+
+
 def test_latent_batches_are_rejected():
     with pytest.raises(ValueError, match="latent batch"):
-        STVAEModule.clips({"input": torch.zeros(1, 1, 16, 1, 4, 4), "target": torch.zeros(1, 1, 16, 1, 4, 4),
-                           "latents": True})
+        make_module().clips({"input": torch.zeros(1, 1, 16, 1, 4, 4), "target": torch.zeros(1, 1, 16, 1, 4, 4),
+                             "latents": True})
+
+
+def test_pair_sides_selects_the_training_images():
+    batch = {"input": torch.zeros(2, 1, 3, 1, 4, 4), "target": torch.ones(2, 1, 3, 1, 4, 4)}
+    both = make_module().clips(batch)
+    assert both.shape == (4, 3, 1, 4, 4) and float(both.sum()) == 2 * 3 * 16
+    targets = make_module(pair_sides="target").clips(batch)
+    assert targets.shape == (2, 3, 1, 4, 4) and bool((targets == 1).all())
+    with pytest.raises(ValueError, match="pair_sides"):
+        make_module(pair_sides="inputs")
 
 
 DDP_SCRIPT = r"""

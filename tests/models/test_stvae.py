@@ -35,7 +35,8 @@ def test_presets():
 
 @pytest.mark.parametrize(("overrides", "field"), [
     (dict(block_out_channels=(32, 48, 64, 64), norm_num_groups=16), "spatial_norm_groups"),
-    (dict(block_out_channels=(32, 32, 64)), "block_out_channels"),
+    (dict(block_out_channels=(32, 64)), "block_out_channels"),
+    (dict(block_out_channels=(32, 32, 64, 64, 64)), "block_out_channels"),
     (dict(norm_num_groups=8, block_out_channels=(36, 32, 64, 64)), "norm_num_groups"),
     (dict(temporal_compression=2), "temporal_compression"),
     (dict(latent_channels=0), "latent_channels"),
@@ -46,6 +47,22 @@ def test_presets():
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         STVAEConfig.from_name("tiny", **overrides)
+
+
+@pytest.mark.parametrize("t", [1, 5])
+def test_demo_preset_compresses_4x_spatially(t):
+    cfg = STVAEConfig.from_name("demo")
+    assert cfg.spatial_compression == 4 and cfg.temporal_compression == 4 and cfg.latent_channels == 16
+    assert cfg.latent_shape(t, 64, 32) == (16, 1 + (t - 1) // 4, 16, 8)
+    torch.manual_seed(0)
+    vae = STVAE(STVAEConfig.from_name("demo", block_out_channels=(32, 32, 32))).eval()
+    x = clip(t, 16, 8, b=2)
+    with torch.no_grad():
+        post = vae.encode(x)
+        assert post.mean.shape == (2, 16, 1 + (t - 1) // 4, 4, 2)
+        assert vae.decode(post.mean).shape == x.shape
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.encode(clip(1, 18, 8))
 
 
 def test_unknown_preset():
