@@ -327,3 +327,54 @@ def test_stvae_overfits_real_images():
     print(f"ST-VAE PSNR trained {psnr_trained:.2f}, untrained {psnr_untrained:.2f}, blur {psnr_blur:.2f}, "
           f"flat {psnr_flat:.2f} dB")
     assert psnr_trained >= VAE_PSNR_MIN, (psnr_trained, psnr_blur, psnr_untrained)
+
+
+# ------------------------------------------------------------------------------ 2b. the J-DiT reads its context
+STEPS_COPY = 600
+def _smooth_latents(b: int, frames: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random latents with spatial structure: ``[b, 16, frames, size, size]``, bilinear upsampling of a 4x4 grid."""
+    z = torch.randn(b, 16 * frames, 4, 4, generator=generator)
+    z = torch.nn.functional.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)
+    return z.unflatten(1, (16, frames)) * 1.5
+
+
+def _copy_examples(b: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh in-context examples of the copy task: context ``[a, a, q]`` (one example pair), target ``q``."""
+    a, q = _smooth_latents(b, 2, size, generator).split(1, dim=2)
+    return torch.cat([a, a, q], dim=2), q.clone()
+
+
+def test_jdit_reads_its_query_with_the_quickstart_time_sampler():
+    """Generalisation, not memorisation: trained on fresh examples of the copy task with the flow-time sampler
+    of ``recipes/quickstart/jdit.yaml``, the J-DiT's one-step answer from pure noise (t = 0, where only the
+    context tells the answer) matches the query on unseen examples. Measured after these 600 steps: answer MSE
+    0.09 (latent variance 1.18) with the recipe's logit-normal(-1, 1) times, 1.41 with the official
+    logit-normal(0, 1): with mean-0 times the model had not started reading its query, which left the
+    quickstart's J-DiT answering with the mean latent."""
+    from pathlib import Path
+
+    import yaml
+
+    from lavinkit.flow import FlowMatchingObjective, LogitNormalTimeSampler
+    from lavinkit.models.jdit import JDiT, JDiTConfig
+
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "quickstart" / "jdit.yaml").read_text())
+    sampler_args = recipe["model"]["init_args"]["objective"]["init_args"]["time_sampler"]["init_args"]
+    torch.manual_seed(0)
+    dit = JDiT(JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, kv_group=1))
+    objective = FlowMatchingObjective(time_sampler=LogitNormalTimeSampler(sampler_args["mean"], sampler_args["std"]))
+    opt = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(STEPS_COPY):
+        context, x1 = _copy_examples(8, 8, data)
+        loss = objective(lambda x, t: dit(x, t, context), x1)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    context, x1 = _copy_examples(32, 8, torch.Generator().manual_seed(123))
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        answer = x0 + dit(x0, torch.zeros(x1.shape[0]), context)  # x1 = x0 + v at t = 0
+    mse, variance = float((answer - x1).square().mean()), float(x1.var())
+    assert mse < 0.25 * variance, f"one-step answer MSE {mse:.3f} vs latent variance {variance:.3f}"
+

@@ -1,44 +1,43 @@
 #!/usr/bin/env bash
-# The quickstart: the whole LaVin-DiT pipeline on the built-in demo data, on CPU (about 10 minutes on 2 cores).
-# Every stage is an ordinary command with an ordinary recipe; open them, change them, run them one by one.
+# The quickstart: the whole LaVin-DiT pipeline on the built-in demo data, on CPU (about 10 minutes on 2 cores),
+# ending with an evaluation of in-context learning on held-out pairs. Every stage is an ordinary command with an
+# ordinary recipe; open them, change them, run them one by one.
 #
-#   1. demo data       lavinkit data demo        -> demo_data/{train,val}/*.tar, demo_data/tasks/<task>/
-#   2. ST-VAE stage 1  recipes/stvae/tiny_stage1.yaml (images)          -> runs/tiny_stvae_stage1/
-#   3. ST-VAE stage 2  recipes/stvae/tiny_stage2.yaml (images + clips)  -> runs/tiny_stvae_stage2/
-#   4. latents         lavinkit encode with the stage-2 VAE  -> runs/tiny_latents/{train,val}/latents-*.tar
-#   5. J-DiT           recipes/jdit/tiny_latents.yaml (flow matching on in-context latent pairs) -> runs/tiny_jdit_latents/
-#                      (recipes/jdit/tiny.yaml is the same run encoding pixels on the fly, ~3x slower per pair)
-#   6. inference       lavinkit infer on held-out pairs of several tasks -> runs/quickstart/results_grid.png
+#   1. demo data   lavinkit data demo                      -> demo_data/{train,val}/*.tar, demo_data/tasks/<task>/
+#   2. ST-VAE      recipes/quickstart/stvae.yaml (images)  -> runs/quickstart_stvae/
+#   3. latents     lavinkit encode with that VAE           -> runs/quickstart_latents/{train,val}/latents-*.tar
+#   4. J-DiT       recipes/quickstart/jdit.yaml (in-context flow matching on the latents) -> runs/quickstart_jdit/
+#   5. evaluation  lavinkit eval on held-out pairs of six tasks -> runs/quickstart/eval.{md,json}, eval_grid.png
 #
 # Re-running starts the training stages afresh (their previous outputs in runs/ are replaced).
+# The longer recipe set on images and clips is recipes/demo/run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LAVINKIT="${LAVINKIT:-lavinkit}"
 
-echo "== 1/6 demo data"
+echo "== 1/5 demo data"
 "$LAVINKIT" data demo --out demo_data
 
-for stage in tiny_stvae_stage1 tiny_stvae_stage2 tiny_latents tiny_jdit_latents quickstart; do rm -rf "runs/$stage"; done
+for stage in quickstart_stvae quickstart_latents quickstart_jdit quickstart; do rm -rf "runs/$stage"; done
 
-echo "== 2/6 ST-VAE stage 1 (images)"
-"$LAVINKIT" fit --config recipes/stvae/tiny_stage1.yaml
+echo "== 2/5 ST-VAE (images)"
+"$LAVINKIT" fit --config recipes/quickstart/stvae.yaml
 
-echo "== 3/6 ST-VAE stage 2 (images + clips)"
-"$LAVINKIT" fit --config recipes/stvae/tiny_stage2.yaml
-
-echo "== 4/6 encode the demo pairs to latents (frozen stage-2 VAE, posterior mean)"
+echo "== 3/5 encode the demo pairs to latents (frozen ST-VAE, posterior mean)"
 for split in train val; do
-    "$LAVINKIT" encode --data "demo_data/$split/images-*.tar" --out "runs/tiny_latents/$split" \
-        --vae runs/tiny_stvae_stage2/checkpoints/last.ckpt --mode mean
+    "$LAVINKIT" encode --data "demo_data/$split/images-*.tar" --out "runs/quickstart_latents/$split" \
+        --vae runs/quickstart_stvae/checkpoints/last.ckpt --mode mean
 done
 
-echo "== 5/6 J-DiT (in-context flow matching on latents)"
-"$LAVINKIT" fit --config recipes/jdit/tiny_latents.yaml
+echo "== 4/5 J-DiT (in-context flow matching on latents)"
+"$LAVINKIT" fit --config recipes/quickstart/jdit.yaml
 
-echo "== 6/6 in-context inference on held-out pairs"
-"$LAVINKIT" infer --checkpoint runs/tiny_jdit_latents/checkpoints/last.ckpt --task-folder demo_data/tasks \
+echo "== 5/5 evaluation on held-out pairs: prediction vs identity, VAE ceiling, swapped-task context"
+"$LAVINKIT" eval --checkpoint runs/quickstart_jdit/checkpoints/last.ckpt --task-folder demo_data/tasks \
     --tasks "[colorization, denoising, super_resolution, inpainting, edge_detection, horizontal_flip]" \
-    --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean --seed 0 --out runs/quickstart
+    --queries-per-task 4 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
+    --seeds "[0]" --out runs/quickstart
 
-echo "done: runs/quickstart/results_grid.png (query | example pairs | result | target, one row per task)"
+echo "done: runs/quickstart/eval.md (the table above) and runs/quickstart/eval_grid.png"
+echo "  (query | example pairs | prediction | target | identity | prediction with another task's pairs, one row per task)"
 echo "TensorBoard: tensorboard --logdir runs"

@@ -12,6 +12,7 @@ import webdataset as wds
 
 from lavinkit.data import (
     ImagePairDataModule,
+    LatentMixtureDataModule,
     LatentPairDataModule,
     MixtureDataModule,
     VideoPairDataModule,
@@ -124,6 +125,40 @@ def test_latent_contract(tmp_path):
     assert batch["latents"] is True
     dm = LatentPairDataModule(tmp_path, batch_size=2, num_context=1, steps_per_epoch=2, vae="official")
     with pytest.raises(RuntimeError, match="latents made by VAE 'tiny', the stream expects 'official'"):
+        next(iter(dm.train_dataloader()))
+
+
+def _latent_shard(path, shape, tasks, vae="demo"):
+    rng = np.random.default_rng(len(shape))
+    with wds.TarWriter(str(path)) as w:
+        for task in tasks:
+            for i in range(6):
+                z = rng.standard_normal((2, *shape)).astype(np.float16)
+                w.write({"__key__": f"{task}-{i}", "input.npy": z[0], "target.npy": z[1],
+                         "json": {"task": task, "vae": vae}})
+
+
+def test_latent_mixture_batches_are_all_images_or_all_clips(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "vid").mkdir()
+    _latent_shard(tmp_path / "img" / "latents-000000.tar", (4, 1, 2, 2), ("a", "b"))
+    _latent_shard(tmp_path / "vid" / "latents-000000.tar", (4, 3, 2, 2), ("clip_a",))
+    dm = LatentMixtureDataModule(
+        tmp_path / "img", tmp_path / "vid", tmp_path / "img", tmp_path / "vid",
+        batch_size=2, video_batch_size=1, num_context=1, steps_per_epoch=12, val_batches=2, vae="demo", seed=0,
+    )  # fmt: skip
+    seen = set()
+    for batch in dm.train_dataloader():
+        t = batch["input"].shape[3]
+        seen.add(t)
+        check_contract(batch, b=2 if t == 1 else 1, t=t, hw=2, k=1, channels=4, latents=True)
+        assert (t == 3) == (batch["task"] == ["clip_a"])
+    assert seen == {1, 3}
+    val = [batch["input"].shape[3] for batch in dm.val_dataloader()]
+    assert val == [1, 3]  # the image batches, then the clip batches
+    dm = LatentMixtureDataModule(tmp_path / "img", tmp_path / "vid", batch_size=2, num_context=1,
+                                 steps_per_epoch=2, vae="official")
+    with pytest.raises(RuntimeError, match="the stream expects 'official'"):
         next(iter(dm.train_dataloader()))
 
 
