@@ -402,20 +402,14 @@ class JDiTModule(LightningModule):
 
     def _score(self, pred: Tensor, target: Tensor, tasks: list[str]) -> None:
         """Per-sample PSNR / SSIM in pixel space (``[b, 3, T, H, W]`` in [-1, 1]; frames scored as images)."""
-        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+        from lavinkit.evaluation.metrics import psnr, ssim
 
         p = ((pred + 1) / 2).clamp(0, 1)
         g = ((target.to(pred.device) + 1) / 2).clamp(0, 1)
         for j, task in enumerate(tasks):
-            frames_p = p[j].permute(1, 0, 2, 3)  # [T, 3, H, W]
-            frames_g = g[j].permute(1, 0, 2, 3)
-            psnr = peak_signal_noise_ratio(frames_p, frames_g, data_range=1.0).item()
-            kernel = min(11, frames_p.shape[-1], frames_p.shape[-2])
-            kernel -= 1 - kernel % 2  # odd
-            ssim = structural_similarity_index_measure(frames_p, frames_g, data_range=1.0, kernel_size=kernel).item()
             scores = self._scores.setdefault(task, defaultdict(list))
-            scores["psnr"].append(psnr)
-            scores["ssim"].append(ssim)
+            scores["psnr"].append(psnr(p[j], g[j]))
+            scores["ssim"].append(ssim(p[j], g[j]))
 
     def _score_identity(self, query: Tensor, target: Tensor, tasks: list[str]) -> None:
         """Per-sample PSNR of the identity baseline (the query returned unchanged) vs the target (``[b, 3, T, H, W]``
