@@ -47,8 +47,9 @@ def test_official_init_outputs_zero():
     assert model.prompt_embed.std() > 0
 
 
-def test_every_trainable_parameter_gets_a_gradient():
-    model = _tiny().train()
+@pytest.mark.parametrize("pair_embedding", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(pair_embedding):
+    model = _tiny(pair_embedding=pair_embedding).train()
     x, t, ctx = _inputs()
     model(x, t, ctx).square().mean().backward()
     dead = {id(p) for p in model.dead_parameters()}
@@ -85,8 +86,9 @@ def test_activation_checkpointing_equivalence():
         torch.testing.assert_close(results[0][1][name], results[1][1][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_padded_context_equals_unpadded_calls():
-    model = _tiny().eval()
+@pytest.mark.parametrize("pair_embedding", [False, True])
+def test_padded_context_equals_unpadded_calls(pair_embedding):
+    model = _tiny(pair_embedding=pair_embedding).eval()
     x, t, ctx = _inputs(b=2, tc=4)
     null = null_context(ctx[1:])  # [1, C, 2, H, W]
     padded = torch.cat([ctx[:1], torch.cat([null, torch.randn_like(null)], dim=2)], dim=0)  # garbage padding
@@ -102,6 +104,30 @@ def test_padded_context_equals_unpadded_calls():
         c, u = model(*cfg_batch(x, t, ctx)).chunk(2)
         torch.testing.assert_close(u, model(x, t, null_context(ctx)), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c, model(x, t, ctx), atol=1e-5, rtol=1e-5)
+
+
+def test_pair_partners_closed_form():
+    """Frames labelled 1..Tc: each example frame gets its partner's label, the query/padding/null rows zeros."""
+    from lavinkit.models.jdit.sequence import pair_partners
+
+    def labelled(b, tc):
+        return torch.arange(1, tc + 1, dtype=torch.float32).view(1, 1, tc, 1, 1).expand(b, 2, tc, 3, 3).clone()
+
+    partners, query = pair_partners(labelled(2, 5), 1, torch.tensor([5, 2]))  # [in1, tgt1, in2, tgt2, q]; [0, q]
+    assert partners[0, 0, :, 0, 0].tolist() == [2, 1, 4, 3, 0]
+    assert partners[1].abs().sum() == 0  # the null context [zeros, query] has no example pair
+    assert query[:, 0, :, 0, 0].tolist() == [[5], [2]]
+    partners, query = pair_partners(labelled(1, 7), 2, torch.tensor([6]))  # clips of 2 frames, one padded frame
+    assert partners[0, 0, :, 0, 0].tolist() == [3, 4, 1, 2, 0, 0, 0]
+    assert query[0, 0, :, 0, 0].tolist() == [5, 6]
+    torch.testing.assert_close(pair_partners(labelled(1, 5), 1)[0], pair_partners(labelled(1, 5), 1, torch.tensor([5]))[0])
+
+
+def test_pair_embedding_is_off_in_the_presets():
+    for name in ("tiny", "official-3b"):
+        model = JDiT(JDiTConfig.from_name(name), device="meta")
+        assert not any(n.startswith("pair_embed") for n, _ in model.named_parameters()), name
+    assert any(n.startswith("pair_embed") for n, _ in _tiny(pair_embedding=True).named_parameters())
 
 
 def test_attention_backends_give_the_same_model_output():

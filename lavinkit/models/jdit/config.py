@@ -39,6 +39,11 @@ class JDiTConfig:
         freeze_dead_params: set ``requires_grad=False`` on the last block's context-stream parameters
             that cannot affect the output (query projection, query norm, output projection, MLP; the
             official layout keeps them, see official-arch s.2.7), so DDP sees no unused parameters.
+        pair_embedding: not in the official model (default off). One more patch embedding adds to every
+            token the latent at the same place in its partner: an example input sees its example target
+            and vice versa, the target tokens see the query (see :func:`~lavinkit.models.jdit.sequence.
+            pair_partners`). The joint attention can learn this alignment itself, but at demo scale it
+            takes thousands of steps; with it, every token carries local evidence of the task from step 0.
     """
 
     patch_size: tuple[int, int] = (2, 2)
@@ -56,6 +61,7 @@ class JDiTConfig:
     activation_checkpointing: bool = False
     drop_path: float = 0.0
     freeze_dead_params: bool = True
+    pair_embedding: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

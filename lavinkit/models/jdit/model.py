@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lavinkit.models.jdit.block import FinalLayer, JointBlock
 from lavinkit.models.jdit.config import JDiTConfig
-from lavinkit.models.jdit.sequence import joint_positions, key_padding_mask
+from lavinkit.models.jdit.sequence import joint_positions, key_padding_mask, pair_partners
 from lavinkit.nn.embed import PatchEmbed, TimestepEmbedder, unpatchify
 from lavinkit.nn.rope import rope_cos_sin
 
@@ -38,6 +38,8 @@ class JDiT(nn.Module):
         d, kw = config.hidden_size, dict(device=device, dtype=dtype)
         self.context_embed = PatchEmbed(config.patch_size, config.in_channels, d, **kw)
         self.target_embed = PatchEmbed(config.patch_size, config.in_channels, d, **kw)
+        if config.pair_embedding:
+            self.pair_embed = PatchEmbed(config.patch_size, config.in_channels, d, **kw)
         self.time_embed = TimestepEmbedder(d, config.frequency_dim, **kw)
         self.prompt_embed = nn.Parameter(torch.empty(1, d, **kw))
         self.answer_embed = nn.Parameter(torch.empty(1, d, **kw))
@@ -146,6 +148,10 @@ class JDiT(nn.Module):
 
         h_ctx = self.context_embed(context)  # [B, Tc*H'*W', D]
         h_tgt = self.target_embed(x)  # [B, Tx*H'*W', D]
+        if cfg.pair_embedding:
+            partners, query = pair_partners(context, tx, context_lengths)
+            h_ctx = h_ctx + self.pair_embed(partners)
+            h_tgt = h_tgt + self.pair_embed(query.to(x.dtype))
         temb = self.time_embed(t)  # [B, D]
         c_ctx = F.silu(temb + self.prompt_embed)
         c_tgt = F.silu(temb + self.answer_embed)

@@ -43,6 +43,47 @@ def joint_positions(
     return torch.cat([ctx.unsqueeze(0).expand(b, -1, -1), tgt], dim=1)
 
 
+def pair_partners(
+    context: torch.Tensor, query_frames: int, context_lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent at the same place in each frame's partner (see ``JDiTConfig.pair_embedding``).
+
+    The context ``[in_1, tgt_1, ..., in_k, tgt_k, query]`` holds items of ``query_frames`` frames each.
+    Frame ``f`` of an example input is partnered with frame ``f`` of that example's target and vice
+    versa; the query, padding, and rows whose examples are not whole items (the null context
+    ``[zeros, query]`` of classifier-free guidance) get zeros. The target's partner is the query.
+
+    Args:
+        context: ``[B, C, Tc, H, W]`` context latents, the query in the last ``query_frames`` valid frames.
+        query_frames: ``Tx``, frames per item.
+        context_lengths: optional ``[B]`` valid context frames per row (default: all ``Tc``).
+
+    Returns:
+        ``(partners [B, C, Tc, H, W], query [B, C, Tx, H, W])``.
+    """
+    b, _, tc = context.shape[:3]
+    device = context.device
+    lengths = (
+        torch.full((b,), tc, dtype=torch.long, device=device)
+        if context_lengths is None
+        else context_lengths.to(device=device, dtype=torch.long)
+    )
+    frame = torch.arange(tc, device=device)[None, :]  # [1, Tc]
+    examples = (lengths - query_frames)[:, None]  # [B, 1] frames before the query
+    item, offset = frame // query_frames, frame % query_frames
+    partner = (item ^ 1) * query_frames + offset  # [1, Tc]: the other item of the same pair
+    whole = (examples % (2 * query_frames) == 0) & (examples > 0)  # [B, 1]: the examples are whole pairs
+    valid = whole & (frame < examples)  # [B, Tc]
+    index = torch.where(valid, partner, 0).clamp_(max=tc - 1)  # [B, Tc]
+    gather = index[:, None, :, None, None].expand(-1, context.shape[1], -1, *context.shape[3:])
+    partners = torch.gather(context, 2, gather) * valid[:, None, :, None, None].to(context.dtype)
+    query_index = (lengths[:, None] - query_frames + torch.arange(query_frames, device=device)[None, :])  # [B, Tx]
+    query = torch.gather(
+        context, 2, query_index[:, None, :, None, None].expand(-1, context.shape[1], -1, *context.shape[3:])
+    )
+    return partners, query
+
+
 def key_padding_mask(
     context_lengths: torch.Tensor, context_frames: int, target_frames: int, tokens_per_frame: int
 ) -> torch.Tensor:
