@@ -4,7 +4,9 @@
    (t = 0 noise, t = 1 data, ``x_t = t x1 + (1 - t) x0``, velocity ``x1 - x0``).
 2. The tiny J-DiT, trained through ``JDiTModule`` and a Lightning ``Trainer`` on one fixed batch of in-context
    latent examples, answers every query with its own target, and the answer follows the context's mapping.
-3. The tiny ST-VAE, trained with ``ReconstructionLoss`` + ``KLLoss`` on a few real image crops, reconstructs
+3. With ``pair_embedding``, the J-DiT trained on fresh copy/negate examples answers a query the way its example pair
+   says, and swapping the pair flips the answer.
+4. The tiny ST-VAE, trained with ``ReconstructionLoss`` + ``KLLoss`` on a few real image crops, reconstructs
    them far above an untrained VAE and a blurred copy.
 """
 
@@ -378,3 +380,50 @@ def test_jdit_reads_its_query_with_the_quickstart_time_sampler():
     mse, variance = float((answer - x1).square().mean()), float(x1.var())
     assert mse < 0.25 * variance, f"one-step answer MSE {mse:.3f} vs latent variance {variance:.3f}"
 
+
+
+STEPS_TWO_TASKS = 500
+
+
+def _two_task_examples(b: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh examples of two tasks, half the rows each: copy (``y = x``) and negate (``y = -x``).
+
+    Returns ``context [b, 16, 3, size, size]`` (``[x_ex, y_ex, q]``) and ``x1 [b, 16, 1, size, size]``.
+    """
+    a, q = _smooth_latents(b, 2, size, generator).split(1, dim=2)
+    sign = torch.ones(b, 1, 1, 1, 1)
+    sign[b // 2:] = -1
+    return torch.cat([a, sign * a, q], dim=2), sign * q
+
+
+def test_jdit_with_pair_embedding_follows_its_examples():
+    """In-context task inference on fresh data: trained on copy and negate examples, the J-DiT's one-step answer
+    (t = 0) for the same query follows the example pair it is shown, and swapping the pair flips the answer.
+    With ``pair_embedding`` every token carries its pair partner, so the task is visible at every position (the
+    quickstart J-DiT uses it). Measured after these 500 steps: answer MSE 0.26 of the latent variance with the pair
+    embedding, 1.27 without it (the answer ignores the pairs)."""
+    from lavinkit.flow import FlowMatchingObjective, LogitNormalTimeSampler
+    from lavinkit.models.jdit import JDiT, JDiTConfig
+
+    torch.manual_seed(0)
+    dit = JDiT(JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, kv_group=1, pair_embedding=True))
+    objective = FlowMatchingObjective(time_sampler=LogitNormalTimeSampler(-1.0, 1.0))
+    opt = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(STEPS_TWO_TASKS):
+        context, x1 = _two_task_examples(8, 8, data)
+        loss = objective(lambda x, t: dit(x, t, context), x1)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    context, x1 = _two_task_examples(32, 8, torch.Generator().manual_seed(123))
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(7))
+    swapped = context.clone()
+    swapped[:, :, 1] = -context[:, :, 1]  # the other task's pair for the same example input and query
+    with torch.no_grad():
+        answer = x0 + dit(x0, torch.zeros(32), context)
+        answer_swapped = x0 + dit(x0, torch.zeros(32), swapped)
+    variance = float(x1.var())
+    mse, mse_swapped = float((answer - x1).square().mean()), float((answer_swapped + x1).square().mean())
+    assert mse < 0.5 * variance, f"answer MSE {mse:.3f} vs latent variance {variance:.3f}"
+    assert mse_swapped < 0.5 * variance, f"swapped-pair answer MSE {mse_swapped:.3f} vs {variance:.3f}"

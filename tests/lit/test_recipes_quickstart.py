@@ -36,6 +36,7 @@ def test_jdit_recipe_builds_on_the_demo_vae_latents(tmp_path, monkeypatch):
     module.configure_model()
     assert module.dit.config.in_channels == STVAEConfig.from_name("demo").latent_channels
     assert module.objective.time_sampler.mean < 0  # flow times lean to the noise side (see the recipe)
+    assert module.dit.config.pair_embedding  # the task is visible at every token (see the recipe)
     raw = yaml.safe_load((QUICKSTART / "jdit.yaml").read_text())
     assert raw["model"]["init_args"]["lr_scheduler"]["init_args"]["total_steps"] == cli.trainer.max_steps
     assert cli.trainer.max_steps == cli.datamodule.steps_per_epoch
