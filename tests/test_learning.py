@@ -346,6 +346,32 @@ def _copy_examples(b: int, size: int, generator: torch.Generator) -> tuple[torch
     return torch.cat([a, a, q], dim=2), q.clone()
 
 
+def _train_on_fresh_examples(make_examples, steps: int, mean: float, std: float, **config):
+    """A tiny J-DiT trained by flow matching with logit-normal(mean, std) times on fresh examples every step."""
+    from lavinkit.flow import FlowMatchingObjective, LogitNormalTimeSampler
+    from lavinkit.models.jdit import JDiT, JDiTConfig
+
+    torch.manual_seed(0)
+    dit = JDiT(JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, kv_group=1, **config))
+    objective = FlowMatchingObjective(time_sampler=LogitNormalTimeSampler(mean, std))
+    opt = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        context, x1 = make_examples(8, 8, data)
+        loss = objective(lambda x, t: dit(x, t, context), x1)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return dit
+
+
+def _one_step_answer(dit, context: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``x1 = x0 + v(x0, t=0)`` from fixed noise: the answer that only the context can inform."""
+    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return x0 + dit(x0, torch.zeros(shape[0]), context)
+
+
 def test_jdit_reads_its_query_with_the_quickstart_time_sampler():
     """Generalisation, not memorisation: trained on fresh examples of the copy task with the flow-time sampler
     of ``recipes/quickstart/jdit.yaml``, the J-DiT's one-step answer from pure noise (t = 0, where only the
@@ -357,26 +383,11 @@ def test_jdit_reads_its_query_with_the_quickstart_time_sampler():
 
     import yaml
 
-    from lavinkit.flow import FlowMatchingObjective, LogitNormalTimeSampler
-    from lavinkit.models.jdit import JDiT, JDiTConfig
-
     recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "quickstart" / "jdit.yaml").read_text())
     sampler_args = recipe["model"]["init_args"]["objective"]["init_args"]["time_sampler"]["init_args"]
-    torch.manual_seed(0)
-    dit = JDiT(JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, kv_group=1))
-    objective = FlowMatchingObjective(time_sampler=LogitNormalTimeSampler(sampler_args["mean"], sampler_args["std"]))
-    opt = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
-    data = torch.Generator().manual_seed(1)
-    for _ in range(STEPS_COPY):
-        context, x1 = _copy_examples(8, 8, data)
-        loss = objective(lambda x, t: dit(x, t, context), x1)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    dit = _train_on_fresh_examples(_copy_examples, STEPS_COPY, sampler_args["mean"], sampler_args["std"])
     context, x1 = _copy_examples(32, 8, torch.Generator().manual_seed(123))
-    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        answer = x0 + dit(x0, torch.zeros(x1.shape[0]), context)  # x1 = x0 + v at t = 0
+    answer = _one_step_answer(dit, context, x1.shape)
     mse, variance = float((answer - x1).square().mean()), float(x1.var())
     assert mse < 0.25 * variance, f"one-step answer MSE {mse:.3f} vs latent variance {variance:.3f}"
 
@@ -402,27 +413,11 @@ def test_jdit_with_pair_embedding_follows_its_examples():
     With ``pair_embedding`` every token carries its pair partner, so the task is visible at every position (the
     quickstart J-DiT uses it). Measured after these 500 steps: answer MSE 0.26 of the latent variance with the pair
     embedding, 1.27 without it (the answer ignores the pairs)."""
-    from lavinkit.flow import FlowMatchingObjective, LogitNormalTimeSampler
-    from lavinkit.models.jdit import JDiT, JDiTConfig
-
-    torch.manual_seed(0)
-    dit = JDiT(JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, kv_group=1, pair_embedding=True))
-    objective = FlowMatchingObjective(time_sampler=LogitNormalTimeSampler(-1.0, 1.0))
-    opt = torch.optim.AdamW(dit.parameters(), lr=2e-3, weight_decay=0.0)
-    data = torch.Generator().manual_seed(1)
-    for _ in range(STEPS_TWO_TASKS):
-        context, x1 = _two_task_examples(8, 8, data)
-        loss = objective(lambda x, t: dit(x, t, context), x1)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    dit = _train_on_fresh_examples(_two_task_examples, STEPS_TWO_TASKS, -1.0, 1.0, pair_embedding=True)
     context, x1 = _two_task_examples(32, 8, torch.Generator().manual_seed(123))
-    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(7))
     swapped = context.clone()
     swapped[:, :, 1] = -context[:, :, 1]  # the other task's pair for the same example input and query
-    with torch.no_grad():
-        answer = x0 + dit(x0, torch.zeros(32), context)
-        answer_swapped = x0 + dit(x0, torch.zeros(32), swapped)
+    answer, answer_swapped = _one_step_answer(dit, context, x1.shape), _one_step_answer(dit, swapped, x1.shape)
     variance = float(x1.var())
     mse, mse_swapped = float((answer - x1).square().mean()), float((answer_swapped + x1).square().mean())
     assert mse < 0.5 * variance, f"answer MSE {mse:.3f} vs latent variance {variance:.3f}"
