@@ -111,20 +111,20 @@ def _demo(a) -> int:
 
 
 def _pack(a) -> int:
-    from lavinkit.data.pack import PackError, pack_task_folders, pack_videos, read_index
+    from lavinkit.data.pack import PackOptionError, pack_task_folders, pack_videos, read_index
 
     if (a.task_folders is None) == (a.videos is None):
-        raise PackError("give exactly one of --task-folders DIR or --videos DIR")
+        raise PackOptionError("give exactly one of --task-folders DIR or --videos DIR")
     if a.task_folders is not None:
         for opt, value in (("--task", a.task), ("--transform", a.transform)):
             if value is not None:
-                raise PackError(f"{opt} is for --videos; task folders take their task names from the folder names")
+                raise PackOptionError(f"{opt} is for --videos; task folders take their task names from the folder names")
         path = pack_task_folders(a.task_folders, a.out, tasks=_split_names(a.tasks), size=a.size,
                                  image_ext=a.image_ext, prefix=a.prefix or "images", maxcount=a.maxcount,
                                  maxsize=a.maxsize)
     else:
         if a.tasks is not None:
-            raise PackError("--tasks is for --task-folders; use --task NAME with --videos")
+            raise PackOptionError("--tasks is for --task-folders; use --task NAME with --videos")
         path = pack_videos(a.videos, a.out, task=a.task, transform=a.transform, frames=a.frames, stride=a.stride,
                            size=64 if a.size is None else a.size, clip_ext=a.clip_ext, seed=a.seed,
                            prefix=a.prefix or "videos", maxcount=a.maxcount, maxsize=a.maxsize)
@@ -162,7 +162,8 @@ def _inspect(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``lavinkit data <subcommand>``; returns the exit code (2 for usage errors, 1 for failures)."""
+    """Run ``lavinkit data <subcommand>``; returns the exit code (2 for usage errors: bad options, missing input
+    paths; 1 for failures: problems found by ``validate``, unusable input data)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     try:
@@ -171,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     name = cfg.subcommand
     args = cfg[name]
-    from lavinkit.data.pack import PackError
-    from lavinkit.data.schema import SampleError
+    from lavinkit.data.pack import PackOptionError
 
     try:
         return {"demo": _demo, "pack": _pack, "validate": _validate, "inspect": _inspect}[name](args)
-    except (PackError, SampleError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError, ValueError,
-            OSError) as err:
+    except (ImportError, RuntimeError, ValueError, OSError) as err:
+        # a bad option or a missing input path is a usage error (2); unusable input data is a failure (1)
+        usage = isinstance(err, (PackOptionError, FileNotFoundError, NotADirectoryError)) or (
+            name == "demo" and isinstance(err, ValueError)  # build_demo's ValueErrors name the option at fault
+        )
         print(f"lavinkit data {name}: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, PackError) and "give exactly one" in str(err) else 1
+        return 2 if usage else 1

@@ -202,10 +202,10 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of --mode sample")
     parser.add_argument("--dtype", type=Literal["float32", "bfloat16", "float16"], default="float32",
                         help="VAE compute dtype (latents are stored as float16 either way)")
-    parser.add_argument("--batch_size", type=int, default=16, help="pairs per encoder call")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=16, help="pairs per encoder call")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per output shard")
-    parser.add_argument("--use_ema", type=bool, default=True, help="use the VAE's EMA weights when present")
+    parser.add_argument("--use-ema", "--use_ema", type=bool, default=True, help="use the VAE's EMA weights when present")
     return parser
 
 

@@ -43,6 +43,10 @@ class PackError(ValueError):
     """Input that cannot be packed; the message names the files or option at fault."""
 
 
+class PackOptionError(PackError):
+    """A bad option value or a path that does not exist (a usage error: ``lavinkit data pack`` exits 2)."""
+
+
 class PairShardWriter:
     """``webdataset.ShardWriter`` that records what each shard holds, for ``index.json``.
 
@@ -58,7 +62,7 @@ class PairShardWriter:
     def __init__(self, out_dir: str | Path, prefix: str, *, maxcount: int = DEFAULT_MAXCOUNT,
                  maxsize: float = DEFAULT_MAXSIZE, mtime: int = FIXED_MTIME):
         if maxcount < 1:
-            raise PackError(f"maxcount must be >= 1, got {maxcount}")
+            raise PackOptionError(f"maxcount must be >= 1, got {maxcount}")
         self.out_dir = Path(out_dir)
         self.prefix = prefix
         self.maxcount, self.maxsize, self.mtime = maxcount, maxsize, mtime
@@ -259,19 +263,19 @@ def pack_task_folders(
     """
     root = Path(root)
     if not root.is_dir():
-        raise PackError(f"task folder root not found: {root}")
+        raise PackOptionError(f"task folder root not found: {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if tasks:
         missing = sorted(set(tasks) - {p.name for p in folders})
         if missing:
-            raise PackError(f"task folders not found under {root}: {missing}")
+            raise PackOptionError(f"task folders not found under {root}: {missing}")
         folders = [p for p in folders if p.name in tasks]
     per_task = {f.name: find_pairs(f, IMAGE_EXTS) for f in folders}
     per_task = {t: p for t, p in per_task.items() if p}
     if not per_task:
         raise PackError(f"no NAME_input.<ext> / NAME_target.<ext> pairs found under {root}/<task>/")
     if size is not None and (size <= 0 or size % 16):
-        raise PackError(f"--size must be a positive multiple of 16, got {size}")
+        raise PackOptionError(f"--size must be a positive multiple of 16, got {size}")
     order = _round_robin({t: [(t, *p) for p in pairs] for t, pairs in per_task.items()})
     if size is None:
         bad = []
@@ -348,21 +352,21 @@ def pack_videos(
     """
     videos = Path(videos)
     if not videos.is_dir():
-        raise PackError(f"video folder not found: {videos}")
+        raise PackOptionError(f"video folder not found: {videos}")
     if not is_valid_frames(frames) or frames < 5:
-        raise PackError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
+        raise PackOptionError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
     if size is not None and (size <= 0 or size % 16):
-        raise PackError(f"--size must be a positive multiple of 16, got {size}")
+        raise PackOptionError(f"--size must be a positive multiple of 16, got {size}")
     stride = stride or frames
     if stride < 1:
-        raise PackError(f"--stride must be >= 1, got {stride}")
+        raise PackOptionError(f"--stride must be >= 1, got {stride}")
     writer = PairShardWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
     with writer:
         if transform is not None:
             from lavinkit.data.demo import TASKS
 
             if transform not in TASKS:
-                raise PackError(f"unknown --transform {transform!r}; choose from {sorted(TASKS)}")
+                raise PackOptionError(f"unknown --transform {transform!r}; choose from {sorted(TASKS)}")
             spec = TASKS[transform]
             task = task or transform
             files = sorted(p for p in videos.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in VIDEO_FILE_EXTS)
@@ -380,7 +384,7 @@ def pack_videos(
                     writer.write(make_sample(key, task, inp, tgt, clip_ext=clip_ext, meta=meta))
         else:
             if not task:
-                raise PackError("paired videos need --task NAME (or give --transform to make inputs)")
+                raise PackOptionError("paired videos need --task NAME (or give --transform to make inputs)")
             for name, in_path, tgt_path in find_pairs(videos, VIDEO_FILE_EXTS):
                 inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
                 if inp.shape[1:] != tgt.shape[1:]:
