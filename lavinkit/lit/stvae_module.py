@@ -11,9 +11,10 @@ The module only orchestrates injected parts:
 Training uses manual optimisation with two optimizers and ONE backward per step: the generator's adversarial
 term sees the discriminator with detached parameters and the discriminator loss sees the reconstruction
 detached, so ``backward(generator loss + discriminator loss)`` gives each model exactly its own gradient.
-``trainer.global_step`` counts generator updates (one per batch that was not skipped); the discriminator's
-``step()`` is kept out of Lightning's step count, so ``max_steps``, ``disc_start`` and EMA schedules mean the
-same before and after the discriminator switches on.
+``trainer.global_step`` counts generator updates (one per batch that was not skipped): the generator steps through
+its ``LightningOptimizer`` (counted), the discriminator through the strategy's public ``optimizer_step`` (precision
+plugin and hooks applied, not counted), so ``max_steps``, ``disc_start`` and EMA schedules mean the same before and
+after the discriminator switches on.
 
 Stage 1 trains on image pairs, stage 2 on images + clips (a mixture DataModule; every batch is one
 modality). Both the input and the target frames of every pair are training examples. Stage 2 starts from
@@ -46,7 +47,7 @@ from lavinkit.models.stvae import STVAE, STVAEConfig
 KIND, PREFIX = "stvae", "vae."
 
 
-def _noop() -> None:
+def _no_closure() -> None:
     return None
 
 
@@ -300,7 +301,7 @@ class STVAEModule(pl.LightningModule):
             if g_sched is not None:
                 g_sched.step()
             if d_opt is not None and d_terms:
-                self._step_uncounted(d_opt)
+                self._step_discriminator(d_opt)
                 if d_sched is not None:
                     d_sched.step()
         self._log_train(g_terms, d_terms, stats, g_loss, x, skip)
@@ -318,16 +319,10 @@ class STVAEModule(pl.LightningModule):
         max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else float("inf")
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    @staticmethod
-    def _step_uncounted(opt) -> None:
-        # Lightning counts every optimizer.step() in manual optimisation as a global step (through these two
-        # hooks of LightningOptimizer, re-set before every batch); the discriminator's step is not counted.
-        before, after = opt._on_before_step, opt._on_after_step
-        opt._on_before_step = opt._on_after_step = _noop
-        try:
-            opt.step()
-        finally:
-            opt._on_before_step, opt._on_after_step = before, after
+    def _step_discriminator(self, opt) -> None:
+        # LightningOptimizer.step() counts a global step in manual optimisation; the discriminator's update goes
+        # through the same strategy/precision path without being counted (global_step = generator updates).
+        self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure, model=self)
 
     def _log_train(self, g_terms, d_terms, stats, g_loss, x, skipped: bool) -> None:
         logs = {f"train/{k}": v.detach().float() for k, v in {**g_terms, **d_terms, **stats}.items()}
