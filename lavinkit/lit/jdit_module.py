@@ -38,6 +38,7 @@ from torch import Tensor
 
 from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
+from lavinkit.lit.utils import build_init_arg, save_plain_hyperparameters
 from lavinkit.models.jdit import JDiT, JDiTConfig
 
 __all__ = ["JDiTModule"]
@@ -55,17 +56,6 @@ class _Frozen:
 
     def __deepcopy__(self, memo: dict) -> _Frozen:
         return self
-
-
-def _plain(value: Any) -> bool:
-    """True for values that ``torch.load(weights_only=True)`` can read back (hparams in checkpoints)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
 
 
 def _step_seed(*parts: int) -> int:
@@ -136,15 +126,15 @@ class JDiTModule(LightningModule):
         log_images: int = 2,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        # keep only what a weights_only checkpoint load can read (the CLI already gives plain dicts)
-        for key in list(self.hparams):
-            value = self.hparams[key]
-            if isinstance(value, JDiTConfig):
-                self.hparams[key] = value.to_dict()
-            elif not _plain(value):
-                del self.hparams[key]
-
+        # every argument as a plain value: checkpoints load with weights_only=True and
+        # JDiTModule.load_from_checkpoint(path) rebuilds the module (and its components) from them alone
+        save_plain_hyperparameters(self)
+        objective = build_init_arg(objective, FlowMatchingObjective)
+        sampler, guidance = build_init_arg(sampler, ODESampler), build_init_arg(guidance, ClassifierFreeGuidance)
+        optimizer = build_init_arg(optimizer, torch.optim.Optimizer, factory=True)
+        lr_scheduler = build_init_arg(lr_scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
+        if isinstance(dit, dict):  # a described JDiTConfig (hyperparameters of a checkpoint)
+            dit = JDiTConfig.from_dict(dit)
         if isinstance(dit, JDiTConfig):
             self.dit_config = dataclasses.replace(dit, **(dit_overrides or {})) if dit_overrides else dit
         else:

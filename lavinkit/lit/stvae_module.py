@@ -39,7 +39,12 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lavinkit.lit.utils import check_manual_optimization_strategy, step_generator
+from lavinkit.lit.utils import (
+    build_init_arg,
+    check_manual_optimization_strategy,
+    save_plain_hyperparameters,
+    step_generator,
+)
 from lavinkit.losses import AdversarialLoss, KLLoss, PerceptualLoss, ReconstructionLoss, total
 from lavinkit.models.io import LAVINKIT_KEY
 from lavinkit.models.stvae import STVAE, STVAEConfig
@@ -113,7 +118,18 @@ class STVAEModule(pl.LightningModule):
         pair_sides: Literal["both", "target"] = "both",
     ) -> None:
         super().__init__()
+        # every argument as a plain value: checkpoints load with weights_only=True and
+        # STVAEModule.load_from_checkpoint(path) rebuilds the module (and its components) from them alone
+        save_plain_hyperparameters(self)
+        reconstruction, kl = build_init_arg(reconstruction, nn.Module), build_init_arg(kl, nn.Module)
+        perceptual, adversarial = build_init_arg(perceptual, nn.Module), build_init_arg(adversarial, nn.Module)
+        optimizer = build_init_arg(optimizer, torch.optim.Optimizer, factory=True)
+        disc_optimizer = build_init_arg(disc_optimizer, torch.optim.Optimizer, factory=True)
+        scheduler = build_init_arg(scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
+        disc_scheduler = build_init_arg(disc_scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
         self.automatic_optimization = False
+        if isinstance(vae, dict):  # a described STVAEConfig (hyperparameters of a checkpoint)
+            vae = STVAEConfig.from_dict(vae)
         if isinstance(vae, str):
             config = STVAEConfig.from_name(vae, **(vae_overrides or {}))
         elif isinstance(vae, STVAEConfig):
@@ -146,16 +162,6 @@ class STVAEModule(pl.LightningModule):
         self._initialised_from: str | None = None
         # persistent counter (resumes with the run)
         self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
-        # plain-type hyperparameters only: checkpoints must load with torch.load(weights_only=True)
-        self.save_hyperparameters(
-            {
-                "vae_config": config.to_dict(),
-                "init_from": init_from,
-                "sample_posterior": sample_posterior,
-                "grad_clip_norm": grad_clip_norm,
-                "seed": seed,
-            }
-        )
 
     # ------------------------------------------------------------------ setup
     def ema_target(self) -> nn.Module:
@@ -393,7 +399,9 @@ class STVAEModule(pl.LightningModule):
         """
         self.vae.config.latent_shift = float(shift)
         self.vae.config.latent_scale = float(scale)
-        self.hparams["vae_config"] = self.vae.config.to_dict()
+        overrides = dict(self.hparams.get("vae_overrides") or {})
+        overrides.update(latent_shift=float(shift), latent_scale=float(scale))
+        self.hparams["vae_overrides"] = overrides
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
