@@ -56,12 +56,14 @@ Urls = str | list[str]
 
 
 class _Position:
-    """Where the training stream is: the epoch being read, batches delivered, a pending resume."""
+    """Where the training stream is: the epoch being read, batches delivered by the loader (``consumed``, counting
+    prefetched ones), batches the training loop has taken (``processed``), a pending resume."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.next_epoch = 0
         self.consumed = 0
+        self.processed = 0
         self.started = False
         self.resume: tuple[int, int] | None = None
 
@@ -79,7 +81,7 @@ class _Position:
             if self.resume[0] == epoch:
                 skip = self.resume[1]
         self.resume = None
-        self.epoch, self.consumed, self.next_epoch, self.started = epoch, skip, epoch + 1, True
+        self.epoch, self.consumed, self.processed, self.next_epoch, self.started = epoch, skip, skip, epoch + 1, True
         return epoch, skip
 
 
@@ -333,27 +335,32 @@ class _PairDataModule(pl.LightningDataModule, ABC):
                 f"last: shard {url}, key {key!r}: {reason}"
             )
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches the loop takes (the loader prefetches ahead of it): the stream position
+        :meth:`state_dict` saves."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and self._position.started:
+            self._position.processed += 1
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         """``{"seed", "epoch", "consumed", "world_size", "num_workers", "steps_per_epoch", "skipped"}``.
 
-        ``consumed`` counts the training batches of ``epoch`` already processed on this rank (taken from the
-        trainer's loop when fitting, so batches prefetched by the loader are not counted).
+        ``consumed`` counts the training batches of ``epoch`` the training loop has taken on this rank (counted in
+        :meth:`on_after_batch_transfer`, so batches prefetched by the loader are not counted).
         """
         pos = self._position
-        trainer = self._fitting_trainer()
         if pos.started:
             # the epoch of the stream being read; the trainer's epoch counter runs ahead of it between
             # the end of an epoch and the next iterator, and behind it right after a restore
-            epoch, consumed = pos.epoch, pos.consumed
-            if trainer is not None:
-                # batches the loop has processed (the loader may have prefetched more); never more than
-                # were delivered (the loop's counter is stale until the next epoch resets it)
-                consumed = min(consumed, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed))
-        elif trainer is not None:
-            epoch = int(trainer.current_epoch)
-            consumed = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            # without a fitting trainer (a loader iterated by hand) every delivered batch counts
+            epoch = pos.epoch
+            consumed = pos.consumed if self._fitting_trainer() is None else min(pos.processed, pos.consumed)
+        elif pos.resume is not None:
+            epoch, consumed = pos.resume
         else:
-            epoch, consumed = pos.next_epoch, 0
+            epoch = self._trainer_epoch()
+            epoch, consumed = (pos.next_epoch if epoch is None else epoch), 0
         if consumed >= self.steps_per_epoch:
             epoch, consumed = epoch + 1, 0
         return {
