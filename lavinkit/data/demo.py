@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from lavinkit.data.media import encode_image, read_video_file
-from lavinkit.data.pack import PairShardWriter, write_index
 from lavinkit.data.schema import is_valid_frames, make_sample
+from lavinkit.data.shards import PairShardWriter, write_index
 
 # --------------------------------------------------------------------------------------------- transforms
 # Every transform maps a uint8 [T, H, W, 3] source (T = 1 for images) and a numpy Generator to

@@ -38,6 +38,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from lavinkit.lit.utils import (
     build_init_arg,
@@ -160,8 +161,15 @@ class STVAEModule(pl.LightningModule):
             raise ValueError(f"STVAEModule: pair_sides must be 'both' or 'target', got {pair_sides!r}")
         self.pair_sides = pair_sides
         self._initialised_from: str | None = None
+        # torchmetrics states are not persistent: they follow the module's device and stay out of checkpoints
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         # persistent counter (resumes with the run)
         self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
+
+    @property
+    def _val_metrics(self) -> dict[str, Any]:
+        return {"psnr": self.val_psnr, "ssim": self.val_ssim}
 
     # ------------------------------------------------------------------ setup
     def ema_target(self) -> nn.Module:
@@ -345,16 +353,8 @@ class STVAEModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-
-        # built lazily (not in __init__): metric states would otherwise join the checkpointed state dict
-        if not hasattr(self, "_val_metrics"):
-            self._val_metrics = {
-                "psnr": PeakSignalNoiseRatio(data_range=1.0),
-                "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
-            }
         for m in self._val_metrics.values():
-            m.to(self.device).reset()
+            m.reset()
         # float64 sum, sum of squares and count of the posterior means seen in this validation epoch
         self._latent_moments = torch.zeros(3, dtype=torch.float64, device=self.device)
 
