@@ -149,8 +149,9 @@ def _validate(a) -> int:
 
 def _inspect(a) -> int:
     from lavinkit.data.inspect import contact_sheet, inspect_shards
+    from lavinkit.data.shards import resolve_urls
 
-    result = inspect_shards(a.urls, pairs_per_task=a.pairs_per_task)
+    result = inspect_shards(resolve_urls(a.urls, what="urls"), pairs_per_task=a.pairs_per_task)
     print(result.table())
     for err in result.errors[:20]:
         print(f"warning: {err}", file=sys.stderr)
