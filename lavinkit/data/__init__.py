@@ -32,6 +32,7 @@ _EXPORTS = {
     "LatentMixtureDataModule": "lavinkit.data.datamodule",
     "SkippedSamplesLogger": "lavinkit.data.datamodule",
     "StreamLoader": "lavinkit.data.datamodule",
+    "PairDataModule": "lavinkit.data.datamodule",
 }
 
 __all__ = sorted(_EXPORTS)

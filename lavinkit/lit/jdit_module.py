@@ -40,6 +40,7 @@ from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObje
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
 from lavinkit.lit.utils import build_init_arg, save_plain_hyperparameters
 from lavinkit.models.jdit import JDiT, JDiTConfig
+from lavinkit.seeding import derive_generator
 
 __all__ = ["JDiTModule"]
 
@@ -56,15 +57,6 @@ class _Frozen:
 
     def __deepcopy__(self, memo: dict) -> _Frozen:
         return self
-
-
-def _step_seed(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (splitmix-style, deterministic across processes)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class JDiTModule(LightningModule):
@@ -280,8 +272,7 @@ class JDiTModule(LightningModule):
         batch_idx = getattr(self, "_batch_idx", 0)
         # evaluation draws do not depend on the step: validation losses are comparable between epochs
         step = self.global_step if self.training else -1
-        seed = _step_seed(self.seed, *map(ord, stream), step, batch_idx, self.global_rank)
-        return torch.Generator(device=device).manual_seed(seed)
+        return derive_generator(self.seed, stream, step, batch_idx, self.global_rank, device=device)
 
     # ------------------------------------------------------------------ training
     def flow_loss(self, batch: dict[str, Any], *, dropout: float) -> dict[str, Tensor]:
@@ -367,8 +358,8 @@ class JDiTModule(LightningModule):
         sub = {k: (v[rows] if isinstance(v, Tensor) else v) for k, v in batch.items()}
         context, x1 = self.latents(sub)
         keys = batch.get("keys")
-        seeds = [_step_seed(self.sample_seed, *map(ord, str(keys[i][-1] if keys else f"{batch_idx}-{i}"))) for i in rows]
-        noise_gen = torch.Generator().manual_seed(seeds[0] if len(seeds) == 1 else _step_seed(*seeds))
+        # the same examples get the same noise every epoch: seeded by the query keys
+        noise_gen = derive_generator(self.sample_seed, *(keys[i][-1] if keys else f"{batch_idx}-{i}" for i in rows))
         pred = self.sample(context, x1.shape, generator=noise_gen)  # [b, C, t, h, w]
         pred_px = self._decode(pred)
         if pred_px is None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import sys
 from collections.abc import Mapping
@@ -12,6 +11,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+from lavinkit.seeding import derive_generator
 
 
 def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) -> None:
@@ -46,10 +47,7 @@ def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) ->
 def step_generator(seed: int, step: int, batch_idx: int, rank: int, device: torch.device) -> torch.Generator:
     """A generator seeded from ``(seed, step, batch_idx, rank)``: a resumed run draws what the uninterrupted
     run draws at the same step, without checkpointing RNG states."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{batch_idx}/{rank}".encode(), digest_size=8).digest()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-    return gen
+    return derive_generator(seed, step, batch_idx, rank, device=device)
 
 
 def is_plain(value: Any) -> bool:
