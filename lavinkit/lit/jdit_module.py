@@ -455,15 +455,18 @@ class JDiTModule(LightningModule):
         return table
 
     def _log_images(self, stage: str) -> None:
+        """One ``query | prediction | target`` grid per task, drawn by the grid helper of the media logger
+        (:func:`lavinkit.lit.callbacks.media_panels`) that lays out the ST-VAE's reconstructions too."""
         logger = self.logger
         experiment = getattr(logger, "experiment", None) if logger is not None else None
         if experiment is None or not hasattr(experiment, "add_image") or not self._images:
             return
-        from torchvision.utils import make_grid
+        from lavinkit.lit.callbacks import media_panels
 
         for task, rows in sorted(self._images.items()):
-            tiles = torch.cat(rows, dim=0)  # [3 n, 3, H, W]: query | prediction | target per row
-            grid = make_grid(((tiles + 1) / 2).clamp(0, 1), nrow=3, padding=2)
+            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, H, W]
+            columns = [tiles[:, k].unsqueeze(2) for k in range(3)]  # 3 x [n, 3, 1, H, W]
+            grid = media_panels(columns, max_samples=len(rows))[""]
             experiment.add_image(f"{stage}/{task}", grid, global_step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:
