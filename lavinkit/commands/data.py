@@ -38,6 +38,7 @@ def _parser() -> ArgumentParser:
     demo.add_argument("--clip-ext", type=str, default="mp4", help="mp4 or npy")
     demo.add_argument("--samples-per-shard", type=int | None, default=None, help="default: ~4 shards per split")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--progress", type=bool, default=True, help="show progress bars with an ETA")
     sub.add_subcommand("demo", demo, help="build the offline demo data set")
 
     pack = ArgumentParser(description="Pack official-style task folders (root/<task>/NAME_input.png + "
@@ -60,6 +61,7 @@ def _parser() -> ArgumentParser:
     pack.add_argument("--prefix", type=str | None, default=None, help="shard name prefix (images / videos)")
     pack.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
     pack.add_argument("--maxsize", type=float, default=256e6, help="bytes per shard (approximately) at most")
+    pack.add_argument("--progress", type=bool, default=True, help="show a progress bar with an ETA")
     sub.add_subcommand("pack", pack, help="pack task folders or videos into shards")
 
     validate = ArgumentParser(description="Check shards against the sample schema; prints every problem with its "
@@ -101,7 +103,7 @@ def _demo(a) -> int:
                      image_pairs_per_task=a.image_pairs_per_task, clip_pairs_per_task=a.clip_pairs_per_task,
                      val_image_pairs_per_task=a.val_image_pairs_per_task,
                      val_clip_pairs_per_task=a.val_clip_pairs_per_task, image_ext=a.image_ext, clip_ext=a.clip_ext,
-                     samples_per_shard=a.samples_per_shard, seed=a.seed)
+                     samples_per_shard=a.samples_per_shard, seed=a.seed, progress=a.progress)
     took = time.perf_counter() - start
     for split in ("train", "val"):
         index = read_index(out / split)
@@ -121,13 +123,13 @@ def _pack(a) -> int:
                 raise PackOptionError(f"{opt} is for --videos; task folders take their task names from the folder names")
         path = pack_task_folders(a.task_folders, a.out, tasks=_split_names(a.tasks), size=a.size,
                                  image_ext=a.image_ext, prefix=a.prefix or "images", maxcount=a.maxcount,
-                                 maxsize=a.maxsize)
+                                 maxsize=a.maxsize, progress=a.progress)
     else:
         if a.tasks is not None:
             raise PackOptionError("--tasks is for --task-folders; use --task NAME with --videos")
         path = pack_videos(a.videos, a.out, task=a.task, transform=a.transform, frames=a.frames, stride=a.stride,
                            size=64 if a.size is None else a.size, clip_ext=a.clip_ext, seed=a.seed,
-                           prefix=a.prefix or "videos", maxcount=a.maxcount, maxsize=a.maxsize)
+                           prefix=a.prefix or "videos", maxcount=a.maxcount, maxsize=a.maxsize, progress=a.progress)
     index = read_index(path)
     counts = ", ".join(f"{t} {v['count']}" for t, v in index["tasks"].items())
     print(f"packed {index['num_samples']} pairs into {len(index['shards'])} shard(s) ({counts}); index: {path}")

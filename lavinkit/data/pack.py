@@ -131,6 +131,7 @@ def pack_task_folders(
     prefix: str = "images",
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: float = DEFAULT_MAXSIZE,
+    progress: bool = False,
 ) -> Path:
     """Pack ``root/<task>/NAME_input.* + NAME_target.*`` image pairs into shards; returns the index path.
 
@@ -141,6 +142,7 @@ def pack_task_folders(
             inputs and targets must already be the same size with sides multiples of 16.
         image_ext: png (lossless), jpg or webp in the shards.
         prefix, maxcount, maxsize: shard naming and size (see :class:`PairShardWriter`).
+        progress: show a progress bar with an ETA.
 
     Samples are written round-robin over tasks (so each shard mixes tasks); keys are ``<task>-<NAME>``.
     """
@@ -171,8 +173,10 @@ def pack_task_folders(
                             "resize and crop):\n  " + "\n  ".join(bad))
     writer = PairShardWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
     keys: set[str] = set()
+    from tqdm.auto import tqdm
+
     with writer:
-        for task, name, in_path, tgt_path in order:
+        for task, name, in_path, tgt_path in tqdm(order, desc="lavinkit data pack", unit="pair", disable=not progress):
             inp, tgt = _load_image(in_path), _load_image(tgt_path)
             if size is not None:
                 inp, tgt = square_resize(inp[None], size)[0], square_resize(tgt[None], size)[0]
@@ -217,6 +221,7 @@ def pack_videos(
     prefix: str = "videos",
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: float = DEFAULT_MAXSIZE,
+    progress: bool = False,
 ) -> Path:
     """Cut videos into clip pairs and pack them; returns the index path.
 
@@ -232,7 +237,10 @@ def pack_videos(
             center-cropped to multiples of 16.
         clip_ext: mp4 (H.264) or npy (lossless).
         seed: seed of the transform (each clip gets its own stream from ``(seed, video, window)``).
+        progress: show a progress bar (videos) with an ETA.
     """
+    from tqdm.auto import tqdm
+
     videos = Path(videos)
     if not videos.is_dir():
         raise PackOptionError(f"video folder not found: {videos}")
@@ -254,7 +262,7 @@ def pack_videos(
             if not files:
                 raise PackError(f"no video files ({', '.join(VIDEO_FILE_EXTS)}) in {videos}")
             need = frames + spec.extra_frames(frames)
-            for vi, path in enumerate(files):
+            for vi, path in enumerate(tqdm(files, desc="lavinkit data pack", unit="video", disable=not progress)):
                 clip = _prepare_video(path, size)
                 for wi, start in enumerate(range(0, len(clip) - need + 1, stride)):
                     rng = np.random.default_rng([seed, vi, wi])
@@ -266,7 +274,8 @@ def pack_videos(
         else:
             if not task:
                 raise PackOptionError("paired videos need --task NAME (or give --transform to make inputs)")
-            for name, in_path, tgt_path in find_pairs(videos, VIDEO_FILE_EXTS):
+            pairs = find_pairs(videos, VIDEO_FILE_EXTS)
+            for name, in_path, tgt_path in tqdm(pairs, desc="lavinkit data pack", unit="video", disable=not progress):
                 inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
                 if inp.shape[1:] != tgt.shape[1:]:
                     raise PackError(f"{in_path} ({inp.shape[1]}x{inp.shape[2]}) and {tgt_path} "
