@@ -38,7 +38,9 @@ from torch import Tensor
 
 from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
+from lavinkit.lit.utils import build_init_arg, save_plain_hyperparameters
 from lavinkit.models.jdit import JDiT, JDiTConfig
+from lavinkit.seeding import derive_generator
 
 __all__ = ["JDiTModule"]
 
@@ -55,26 +57,6 @@ class _Frozen:
 
     def __deepcopy__(self, memo: dict) -> _Frozen:
         return self
-
-
-def _plain(value: Any) -> bool:
-    """True for values that ``torch.load(weights_only=True)`` can read back (hparams in checkpoints)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _step_seed(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (splitmix-style, deterministic across processes)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class JDiTModule(LightningModule):
@@ -136,15 +118,15 @@ class JDiTModule(LightningModule):
         log_images: int = 2,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        # keep only what a weights_only checkpoint load can read (the CLI already gives plain dicts)
-        for key in list(self.hparams):
-            value = self.hparams[key]
-            if isinstance(value, JDiTConfig):
-                self.hparams[key] = value.to_dict()
-            elif not _plain(value):
-                del self.hparams[key]
-
+        # every argument as a plain value: checkpoints load with weights_only=True and
+        # JDiTModule.load_from_checkpoint(path) rebuilds the module (and its components) from them alone
+        save_plain_hyperparameters(self)
+        objective = build_init_arg(objective, FlowMatchingObjective)
+        sampler, guidance = build_init_arg(sampler, ODESampler), build_init_arg(guidance, ClassifierFreeGuidance)
+        optimizer = build_init_arg(optimizer, torch.optim.Optimizer, factory=True)
+        lr_scheduler = build_init_arg(lr_scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
+        if isinstance(dit, dict):  # a described JDiTConfig (hyperparameters of a checkpoint)
+            dit = JDiTConfig.from_dict(dit)
         if isinstance(dit, JDiTConfig):
             self.dit_config = dataclasses.replace(dit, **(dit_overrides or {})) if dit_overrides else dit
         else:
@@ -290,8 +272,7 @@ class JDiTModule(LightningModule):
         batch_idx = getattr(self, "_batch_idx", 0)
         # evaluation draws do not depend on the step: validation losses are comparable between epochs
         step = self.global_step if self.training else -1
-        seed = _step_seed(self.seed, *map(ord, stream), step, batch_idx, self.global_rank)
-        return torch.Generator(device=device).manual_seed(seed)
+        return derive_generator(self.seed, stream, step, batch_idx, self.global_rank, device=device)
 
     # ------------------------------------------------------------------ training
     def flow_loss(self, batch: dict[str, Any], *, dropout: float) -> dict[str, Tensor]:
@@ -377,8 +358,8 @@ class JDiTModule(LightningModule):
         sub = {k: (v[rows] if isinstance(v, Tensor) else v) for k, v in batch.items()}
         context, x1 = self.latents(sub)
         keys = batch.get("keys")
-        seeds = [_step_seed(self.sample_seed, *map(ord, str(keys[i][-1] if keys else f"{batch_idx}-{i}"))) for i in rows]
-        noise_gen = torch.Generator().manual_seed(seeds[0] if len(seeds) == 1 else _step_seed(*seeds))
+        # the same examples get the same noise every epoch: seeded by the query keys
+        noise_gen = derive_generator(self.sample_seed, *(keys[i][-1] if keys else f"{batch_idx}-{i}" for i in rows))
         pred = self.sample(context, x1.shape, generator=noise_gen)  # [b, C, t, h, w]
         pred_px = self._decode(pred)
         if pred_px is None:
@@ -474,15 +455,18 @@ class JDiTModule(LightningModule):
         return table
 
     def _log_images(self, stage: str) -> None:
+        """One ``query | prediction | target`` grid per task, drawn by the grid helper of the media logger
+        (:func:`lavinkit.lit.callbacks.media_panels`) that lays out the ST-VAE's reconstructions too."""
         logger = self.logger
         experiment = getattr(logger, "experiment", None) if logger is not None else None
         if experiment is None or not hasattr(experiment, "add_image") or not self._images:
             return
-        from torchvision.utils import make_grid
+        from lavinkit.lit.callbacks import media_panels
 
         for task, rows in sorted(self._images.items()):
-            tiles = torch.cat(rows, dim=0)  # [3 n, 3, H, W]: query | prediction | target per row
-            grid = make_grid(((tiles + 1) / 2).clamp(0, 1), nrow=3, padding=2)
+            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, H, W]
+            columns = [tiles[:, k].unsqueeze(2) for k in range(3)]  # 3 x [n, 3, 1, H, W]
+            grid = media_panels(columns, max_samples=len(rows))[""]
             experiment.add_image(f"{stage}/{task}", grid, global_step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:
