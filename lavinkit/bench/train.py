@@ -211,6 +211,18 @@ def jdit_model_flops(config, context_tokens: int, target_tokens: int, samples: i
     return 3.0 * forward if training else forward
 
 
+def sample_model_flops(config, context_tokens: int, target_tokens: int, samples: int, ode_steps: int, *,
+                       guided: bool, mode: str | None, query_frames: int, tokens_per_frame: int) -> float:
+    """FLOPs of one guided sampling call as it runs: per ODE step a conditional forward and, with guidance, an
+    unconditional one whose null context (zeros + query) is padded to the full context length in ``"batched"``
+    mode and kept at its own length in ``"two_pass"`` mode."""
+    cond = jdit_model_flops(config, context_tokens, target_tokens, samples, training=False)
+    if not guided:
+        return ode_steps * cond
+    null_tokens = context_tokens if mode == "batched" else 2 * query_frames * tokens_per_frame
+    return ode_steps * (cond + jdit_model_flops(config, null_tokens, target_tokens, samples, training=False))
+
+
 def matmul_peak_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
     """Measured fp32 matmul rate of ``device`` (median of ``repeats`` ``n x n`` GEMMs), FLOP/s."""
     a = torch.randn(n, n, device=device)
@@ -370,9 +382,11 @@ def run(
         if mode == "train":
             result["model_flops"] = jdit_model_flops(module.dit_config, context_tokens, target_tokens, samples)
         else:
-            evals = result.get("forwards_per_call", 1)
-            result["model_flops"] = evals * jdit_model_flops(module.dit_config, context_tokens, target_tokens,
-                                                             samples, training=False)
+            result["model_flops"] = sample_model_flops(
+                module.dit_config, context_tokens, target_tokens, samples, result.get("ode_steps") or 1,
+                guided=result.get("guided", False), mode=result.get("guidance_mode"), query_frames=lt,
+                tokens_per_frame=tokens_per_frame,
+            )
         result["tokens_per_s"] = tokens / step
     else:
         samples = shape["batch"] * (n if getattr(module, "pair_sides", "both") == "target" else 2 * n)
@@ -457,9 +471,9 @@ def _bench_sample(module, tensor_shape, kind, dev, prec, steps, warmup, count_fl
                 return module.sample(context, answer, generator=torch.Generator().manual_seed(1))
 
         num_steps = int(getattr(module.sampler, "num_steps", 0) or 0)
-        evals = getattr(module.guidance, "forwards_per_eval", 1)
-        evals = evals() if callable(evals) else evals
-        extra = {"ode_steps": num_steps, "forwards_per_call": num_steps * int(evals) if num_steps else None}
+        guided = float(getattr(module.guidance, "scale", 1.0)) != 1.0
+        mode = getattr(module.guidance, "mode", "batched")
+        extra = {"ode_steps": num_steps, "guided": guided, "guidance_mode": mode if guided else None}
     else:
         x = torch.rand(b * n, 3, t, h, w, generator=g).mul(2).sub(1).to(dev)
 

@@ -90,3 +90,15 @@ def test_bench_train_stvae_sample_mode(tmp_path):
 def test_bench_train_bad_recipe_names_it(tmp_path, capsys):
     assert main(["bench", "train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_bench_train_jdit_sample_mode(tmp_path):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "train", "--config", str(ROOT / "recipes/jdit/tiny.yaml"), "--mode", "sample", "--steps", "1",
+               "--warmup", "0", "--latent", "4", "--num_context", "1", "--batch", "1", "--matmul_peak", "false",
+               "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "sample" and result["ode_steps"] > 0 and result["per_ode_step_s"] > 0
+    # the formula counts the guided passes as they run (null context padded when batched)
+    assert 0.9 < result["counted_flops"] / result["model_flops"] < 1.3
