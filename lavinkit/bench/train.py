@@ -100,6 +100,21 @@ def build_module(model_section: dict[str, Any]):
     return instantiate(cfg).model
 
 
+def build_strategy(trainer_section: dict[str, Any]):
+    """The recipe's ``trainer.strategy`` (a name or ``class_path``/``init_args``) instantiated as LightningCLI does."""
+    strategy = trainer_section.get("strategy")
+    if strategy is None or isinstance(strategy, str):
+        return strategy or "auto"
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import Strategy
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(Strategy, "strategy", required=True)
+    cfg = parser.parse_object({"strategy": json.loads(json.dumps(strategy))})
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return instantiate(cfg).strategy
+
+
 def build_callbacks(trainer_section: dict[str, Any], keep_ema: bool) -> list:
     """The recipe's ``lavinkit.lit.callbacks.EMA`` callback (its update is part of a training step), if any."""
     from lavinkit.lit.callbacks import EMA
@@ -334,7 +349,7 @@ def run(
     configs: Sequence[str | Path], mode: str = "train", steps: int = 10, warmup: int = 2, device: str | None = None,
     batch: int | None = None, num_context: int | None = None, size: int | None = None, frames: int | None = None,
     latent: int | None = None, precision: str | None = None, ema: bool = True, count_flops: bool = True,
-    matmul_peak: bool = True, threads: int | None = None,
+    matmul_peak: bool = True, threads: int | None = None, strategy: bool = False,
 ) -> dict[str, Any]:
     """Benchmark the recipe's module; returns the figures (see the module docstring)."""
     if mode not in ("train", "sample"):
@@ -372,7 +387,11 @@ def run(
         tensor_shape = (shape["batch"], n, 3, shape["frames"], shape["size"], shape["size"])
         result["shape"] = dict(shape)
     if mode == "train":
-        result.update(_bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, ema, count_flops))
+        section = (recipe.get("trainer") or {}).get("strategy") if strategy else None
+        result["strategy"] = (_class_name(section).rsplit(".", 1)[-1] if isinstance(section, dict)
+                              else (section or ("auto" if strategy else None)))
+        result.update(_bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, ema, count_flops,
+                                   strategy))
     else:
         result.update(_bench_sample(module, tensor_shape, kind, dev, prec, steps, warmup, count_flops))
     step = result["step"]["median_s"]
@@ -414,7 +433,8 @@ def run(
     return result
 
 
-def _bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, ema, count_flops) -> dict[str, Any]:
+def _bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, ema, count_flops,
+                 use_strategy=False) -> dict[str, Any]:
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
@@ -425,6 +445,8 @@ def _bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, e
     kwargs: dict[str, Any] = {}
     if trainer_section.get("gradient_clip_val") is not None and module.automatic_optimization:
         kwargs["gradient_clip_val"] = trainer_section["gradient_clip_val"]
+    if use_strategy:  # one process with the recipe's strategy (FSDP, FSDP2, DeepSpeed wrapping and precision)
+        kwargs["strategy"] = build_strategy(trainer_section)
     trainer = pl.Trainer(
         accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1, precision=prec,
         max_steps=total, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -442,7 +464,7 @@ def _bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, e
             f"lavinkit bench train: only {len(clock.times)} of {steps} timed steps ran (steps skipped as non-finite?)")
     out: dict[str, Any] = {"step": summarize(clock.times), "steps": steps, "warmup": warmup,
                            "fit_wall_s": wall, **peak_memory(dev)}
-    if kind == "jdit":
+    if kind == "jdit" and module.dit is not None:
         out["params"] = sum(p.numel() for p in module.dit.parameters())
         out["trainable_params"] = sum(p.numel() for p in module.dit.parameters() if p.requires_grad)
     else:
@@ -524,6 +546,8 @@ def build_parser():
     parser.add_argument("--count_flops", type=bool, default=True, help="count FLOPs over one extra eager step")
     parser.add_argument("--matmul_peak", type=bool, default=True, help="on a CPU, measure the fp32 matmul rate")
     parser.add_argument("--threads", type=int | None, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--strategy", type=bool, default=False,
+                        help="train with the recipe's trainer.strategy in one process (default: none, one device)")
     parser.add_argument("--json", type=str | None, default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -534,7 +558,7 @@ def format_result(result: dict[str, Any]) -> str:
     what = "train step" if result["mode"] == "train" else "sample call"
     lines = [
         f"{result['model']} ({result['kind']}) on {result['device_name']}, {result['threads']} threads, "
-        f"precision {result['precision']}, compile {result['compile']}",
+        f"precision {result['precision']}, compile {result['compile']}, strategy {result.get('strategy')}",
         f"shape: {result['shape']}",
         f"{what}: median {s['median_s'] * 1e3:.1f} ms (p10 {s['p10_s'] * 1e3:.1f}, p90 {s['p90_s'] * 1e3:.1f}, "
         f"min {s['min_s'] * 1e3:.1f}, max {s['max_s'] * 1e3:.1f}, rel. IQR {s['rel_iqr']:.3f}, n={s['n']})",
@@ -582,7 +606,7 @@ def main(argv: Sequence[str]) -> int:
             configs, mode=args.mode, steps=args.steps, warmup=args.warmup, device=args.device, batch=args.batch,
             num_context=args.num_context, size=args.size, frames=args.frames, latent=args.latent,
             precision=args.precision, ema=args.ema, count_flops=args.count_flops, matmul_peak=args.matmul_peak,
-            threads=args.threads,
+            threads=args.threads, strategy=args.strategy,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"lavinkit bench train: {err}", file=sys.stderr)
