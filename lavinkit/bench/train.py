@@ -9,7 +9,8 @@ The J-DiT trains on latent batches (no VAE in the step, as with ``lavinkit encod
 
 Reported (``--json`` writes the same figures):
 
-* median step time with its spread (10th / 90th percentile, min, max) over the timed steps, samples/s and
+* median step time with its spread (10th / 90th percentile, min, max) over the timed steps (and the process CPU
+  time per step, the steadier figure on a shared machine), samples/s and
   tokens/s (J-DiT: context + target tokens; ST-VAE: pixels/s instead);
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the process's peak resident set size;
 * FLOPs per step two ways: ``model_flops`` from the design brief's formula (J-DiT: ``6 N_tok T + 12 L d sum S^2``
@@ -300,6 +301,8 @@ def _step_clock(device: torch.device, warmup: int, steps: int, count_flops: bool
     class StepClock(Callback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.cpu_times: list[float] = []
+            self._cpu_start = 0.0
             self.counted: float | None = None
             self._stack: contextlib.ExitStack | None = None
             self._start = 0.0
@@ -313,6 +316,7 @@ def _step_clock(device: torch.device, warmup: int, steps: int, count_flops: bool
                     FlopCounterMode(display=False, custom_mapping=flop_counter_mapping()))
             _sync(device)
             self._start = time.perf_counter()
+            self._cpu_start = time.process_time()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             _sync(device)
@@ -323,6 +327,7 @@ def _step_clock(device: torch.device, warmup: int, steps: int, count_flops: bool
                 self.counted = float(self._counter.get_total_flops())
             elif warmup <= batch_idx < warmup + steps:
                 self.times.append(elapsed)
+                self.cpu_times.append(time.process_time() - self._cpu_start)
 
     return StepClock()
 
@@ -462,7 +467,8 @@ def _bench_train(module, recipe, tensor_shape, kind, dev, prec, steps, warmup, e
     if len(clock.times) < steps:
         raise RuntimeError(
             f"lavinkit bench train: only {len(clock.times)} of {steps} timed steps ran (steps skipped as non-finite?)")
-    out: dict[str, Any] = {"step": summarize(clock.times), "steps": steps, "warmup": warmup,
+    out: dict[str, Any] = {"step": summarize(clock.times), "step_cpu": summarize(clock.cpu_times), "steps": steps,
+                           "warmup": warmup,
                            "fit_wall_s": wall, **peak_memory(dev)}
     if kind == "jdit" and module.dit is not None:
         out["params"] = sum(p.numel() for p in module.dit.parameters())
@@ -564,6 +570,10 @@ def format_result(result: dict[str, Any]) -> str:
         f"min {s['min_s'] * 1e3:.1f}, max {s['max_s'] * 1e3:.1f}, rel. IQR {s['rel_iqr']:.3f}, n={s['n']})",
         f"samples/s: {result['samples_per_s']:.2f}",
     ]
+    if "step_cpu" in result:
+        c = result["step_cpu"]
+        lines.insert(3, f"  process CPU time per step: median {c['median_s'] * 1e3:.1f} ms (p10 {c['p10_s'] * 1e3:.1f}, "
+                        f"p90 {c['p90_s'] * 1e3:.1f}); steadier than wall time on a shared machine")
     if "tokens_per_s" in result:
         lines.append(f"tokens/s: {result['tokens_per_s']:.0f}")
     if "pixels_per_s" in result:

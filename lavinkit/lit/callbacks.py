@@ -143,6 +143,7 @@ class EMA(Callback):
         self._last_step = 0
         self._pending: dict[str, Tensor] | None = None  # full tensors restored from a checkpoint
         self._swapped = False
+        self._stash: dict[str, Tensor] | None = None  # raw local values while the EMA values are in the model
         self._target: nn.Module | None = None
         self._trainer: pl.Trainer | None = None
 
@@ -157,10 +158,16 @@ class EMA(Callback):
         self._target = target
         if self.shadow is None:
             live = live_tensors(target)
-            self.shadow = {k: _local(v).detach().clone().to(self.device or _local(v).device) for k, v in live.items()}
+            self.shadow = {k: self._new_shadow(_local(v)) for k, v in live.items()}
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._load_full(pending)
+
+    def _new_shadow(self, t: Tensor) -> Tensor:
+        """An EMA tensor for local tensor ``t``: float32 when ``t`` is a lower-precision float (a bf16 average with
+        decay 0.999 would barely move), on ``self.device`` or ``t``'s device."""
+        dtype = torch.float32 if t.is_floating_point() and t.element_size() < 4 else t.dtype
+        return t.detach().to(device=self.device or t.device, dtype=dtype, copy=True)
 
     def _live(self) -> dict[str, Tensor]:
         assert self._target is not None
@@ -205,20 +212,28 @@ class EMA(Callback):
             return None
         return self._gather_full()
 
-    def _gather_full(self) -> dict[str, Tensor]:
-        """Full EMA tensors (CPU), whatever the sharding of the target."""
+    def model_state_dict(self) -> dict[str, Tensor]:
+        """Prefix-free RAW weights of the target as full CPU tensors, gathered like :meth:`ema_state_dict` (call it
+        on every rank together under a sharded strategy)."""
+        assert self.shadow is not None, "EMA callback: not set up yet"
+        return self._gather_full(ema=False)
+
+    def _gather_full(self, ema: bool = True) -> dict[str, Tensor]:
+        """Full EMA (or raw) tensors on the CPU, whatever the sharding of the target."""
         live = self._live()
         layout = _layout(live)
+        if ema:
+            sources = self.shadow
+        else:
+            sources = self._stash if self._swapped else {k: _local(v) for k, v in live.items()}
         if layout == "plain":
-            if self._swapped:  # the EMA values sit in the model while validating
-                return {k: v.detach().clone().cpu() for k, v in live.items()}
-            return {k: v.detach().cpu() for k, v in self.shadow.items()}
+            return {k: v.detach().clone().cpu() for k, v in sources.items()}
         if layout == "dtensor":
             from torch.distributed.tensor import DTensor
 
             out = {}
             for name, model_t in live.items():
-                local = model_t.to_local() if self._swapped else self.shadow[name]
+                local = sources[name]
                 if isinstance(model_t, DTensor):
                     full = DTensor.from_local(local.to(model_t.device), model_t.device_mesh, model_t.placements,
                                               run_check=False, shape=model_t.shape, stride=model_t.stride())
@@ -226,19 +241,19 @@ class EMA(Callback):
                 else:
                     out[name] = local.detach().clone().cpu()
             return out
-        # FSDP flat parameters / ZeRO-3 partitions: swap the EMA shards in, gather the full model, swap back
-        with self._ema_in_model():
+        # FSDP flat parameters / ZeRO-3 partitions: put the wanted values in the model, gather it, restore
+        with self._values_in_model(ema):
             return self._gathered_model_state(layout)
 
     @contextlib.contextmanager
-    def _ema_in_model(self):
-        swapped_here = not self._swapped
-        if swapped_here:
+    def _values_in_model(self, ema: bool):
+        swap = ema != self._swapped
+        if swap:
             self._swap()
         try:
             yield
         finally:
-            if swapped_here:
+            if swap:
                 self._swap()
 
     def _gathered_model_state(self, layout: str) -> dict[str, Tensor]:
@@ -322,9 +337,9 @@ class EMA(Callback):
         if self.shadow is None:
             return
         if self._swapped and "state_dict" in checkpoint and _layout(self._live()) == "plain":
-            # Validation runs with EMA swapped in: the model holds EMA, the shadow holds the raw weights.
+            # Validation runs with EMA swapped in: the model holds EMA, the stash holds the raw weights.
             # Keep the raw weights in "state_dict" (never let EMA become the training weights on resume).
-            for k, v in self.shadow.items():
+            for k, v in self._stash.items():
                 checkpoint["state_dict"][self._prefix + k] = v.detach().clone()
         block = checkpoint.setdefault(LAVINKIT_KEY, {})
         callback_state = checkpoint.get("callbacks", {}).get(self.state_key, {}).get("average")
@@ -370,11 +385,16 @@ class EMA(Callback):
 
     @torch.no_grad()
     def _swap(self, pl_module: pl.LightningModule | None = None) -> None:
-        """Exchange the values of the target's (local) tensors with the EMA's."""
-        for _, model_t, ema_t in self._pairs():
-            tmp = ema_t.detach().clone()
-            ema_t.copy_(model_t.detach().to(ema_t.device))
-            model_t.copy_(tmp.to(model_t.device))
+        """Put the EMA values into the target (keeping its raw values aside), or restore the raw values."""
+        if not self._swapped:
+            self._stash = {}
+            for name, model_t, ema_t in self._pairs():
+                self._stash[name] = model_t.detach().clone()
+                model_t.copy_(ema_t.to(model_t.device, model_t.dtype))
+        else:
+            for name, model_t, _ in self._pairs():
+                model_t.copy_(self._stash[name])
+            self._stash = None
         self._swapped = not self._swapped
 
 

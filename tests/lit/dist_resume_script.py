@@ -1,8 +1,9 @@
-"""2-process (gloo) run used by test_strategies.py: train 4 steps with EMA and checkpoints every 2 steps, resume a
-second run from the step-2 checkpoint, check that weights and EMA equal the uninterrupted run's, then (rank 0)
-export EMA and raw weights from the step-4 checkpoint with ``lavinkit export`` and load them back.
+"""Multi-process run used by test_strategies.py (2 gloo processes on CPU) and benchmarks/gpu_checks.sh (GPU
+strategies): train 4 steps with EMA and checkpoints every 2 steps, resume a second run from the step-2 checkpoint,
+check that weights and EMA equal the uninterrupted run's, then (rank 0) export EMA and raw weights from the step-4
+checkpoint with ``lavinkit export`` and load them back.
 
-    python dist_resume_script.py {jdit|stvae} {ddp|fsdp2} ROOT
+    python dist_resume_script.py {jdit|stvae} {ddp|fsdp2|fsdp|deepspeed2|deepspeed3} ROOT [DEVICES] [ACCELERATOR]
 """
 
 from __future__ import annotations
@@ -55,12 +56,25 @@ def make_module(kind: str):
                        optimizer=partial(torch.optim.AdamW, lr=1e-3), disc_optimizer=partial(torch.optim.AdamW, lr=1e-3))
 
 
-def make_strategy(name: str):
+def make_strategy(name: str, devices: int):
     if name == "fsdp2":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        return ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from lavinkit.models.jdit.block import JointBlock
+
+        return FSDPStrategy(auto_wrap_policy={JointBlock}, state_dict_type="sharded", use_orig_params=True)
+    if name.startswith("deepspeed"):
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(stage=int(name[-1]))
     return "ddp"
+
+
+DEVICES, ACCELERATOR = 2, "cpu"
 
 
 def fit(kind: str, strategy: str, root: Path, ckpt_path: str | None = None):
@@ -68,7 +82,8 @@ def fit(kind: str, strategy: str, root: Path, ckpt_path: str | None = None):
     if ckpt_path is None:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=2, save_top_k=-1))
     module = make_module(kind)
-    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=make_strategy(strategy), max_steps=4, logger=False,
+    trainer = pl.Trainer(accelerator=ACCELERATOR, devices=DEVICES, strategy=make_strategy(strategy, DEVICES),
+                         max_steps=4, logger=False,
                          enable_checkpointing=ckpt_path is None, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                          default_root_dir=root, callbacks=callbacks)
@@ -77,21 +92,20 @@ def fit(kind: str, strategy: str, root: Path, ckpt_path: str | None = None):
     return trainer, module, callbacks[0]
 
 
-def full_state(module, kind: str) -> dict[str, torch.Tensor]:
-    target = module.dit if kind == "jdit" else module.vae
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone()
-            for k, v in target.state_dict().items()}
+def full_state(ema: EMA) -> dict[str, torch.Tensor]:
+    """Full raw weights of the target, gathered under every sharding."""
+    return ema.model_state_dict()
 
 
 def main(kind: str, strategy: str, root: str) -> None:
     root = Path(root)
     _, full_module, full_ema = fit(kind, strategy, root)
-    raw_a, ema_a = full_state(full_module, kind), full_ema.ema_state_dict()
-    if strategy == "fsdp2":
+    raw_a, ema_a = full_state(full_ema), full_ema.ema_state_dict()
+    if strategy in ("fsdp2", "fsdp", "deepspeed3") and DEVICES > 1:
         assert full_ema.shadow["final.linear.weight"].shape != raw_a["final.linear.weight"].shape, "EMA not sharded"
     mid = root / "ckpt" / "epoch=0-step=2.ckpt"
     trainer, resumed, resumed_ema = fit(kind, strategy, root, ckpt_path=str(mid))
-    raw_b, ema_b = full_state(resumed, kind), resumed_ema.ema_state_dict()
+    raw_b, ema_b = full_state(resumed_ema), resumed_ema.ema_state_dict()
     assert raw_a.keys() == raw_b.keys() == ema_a.keys() == ema_b.keys()
     for k in raw_a:
         torch.testing.assert_close(raw_b[k], raw_a[k], rtol=1e-5, atol=1e-6, msg=f"raw {k}")
@@ -102,7 +116,7 @@ def main(kind: str, strategy: str, root: str) -> None:
         from lavinkit.models.io import load_pretrained
 
         last = root / "ckpt" / "epoch=0-step=4.ckpt"
-        assert last.is_dir() == (strategy == "fsdp2"), last
+        assert last.is_dir() == (strategy != "ddp"), last
         for weights, want in (("ema", ema_a), ("raw", raw_a)):
             out = root / f"{weights}.safetensors"
             assert export_main([str(last), "--out", str(out), "--weights", weights]) == 0
@@ -118,4 +132,8 @@ def main(kind: str, strategy: str, root: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 4:
+        DEVICES = int(sys.argv[4])
+    if len(sys.argv) > 5:
+        ACCELERATOR = sys.argv[5]
     main(*sys.argv[1:4])
