@@ -82,11 +82,13 @@ def live_tensors(module: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _layout(tensors: dict[str, Tensor]) -> str:
-    """``"dtensor"`` (FSDP2), ``"zero3"`` (DeepSpeed partitioned), ``"fsdp"`` (FSDP flat-parameter views) or
-    ``"plain"``."""
+def _layout(tensors: dict[str, Tensor], strategy: Any = None) -> str:
+    """``"dtensor"`` (FSDP2), ``"zero3"`` (DeepSpeed partitioned), ``"fsdp"`` (FSDP flat-parameter views: Lightning's
+    ``FSDPStrategy``) or ``"plain"``."""
     from torch.distributed.tensor import DTensor
 
+    if type(strategy).__name__ == "FSDPStrategy":
+        return "fsdp"
     values = list(tensors.values())
     if any(isinstance(t, DTensor) for t in values):
         return "dtensor"
@@ -169,6 +171,9 @@ class EMA(Callback):
         dtype = torch.float32 if t.is_floating_point() and t.element_size() < 4 else t.dtype
         return t.detach().to(device=self.device or t.device, dtype=dtype, copy=True)
 
+    def _strategy(self) -> Any:
+        return self._trainer.strategy if self._trainer is not None else None
+
     def _live(self) -> dict[str, Tensor]:
         assert self._target is not None
         return live_tensors(self._target)
@@ -221,7 +226,7 @@ class EMA(Callback):
     def _gather_full(self, ema: bool = True) -> dict[str, Tensor]:
         """Full EMA (or raw) tensors on the CPU, whatever the sharding of the target."""
         live = self._live()
-        layout = _layout(live)
+        layout = _layout(live, self._strategy())
         if ema:
             sources = self.shadow
         else:
@@ -283,7 +288,7 @@ class EMA(Callback):
                 f"EMA callback: the checkpoint's EMA state lacks {sorted(missing)[:5]} of {type(self._target).__name__}"
             )
         live = self._live()
-        layout = _layout(live)
+        layout = _layout(live, self._strategy())
         if layout in ("plain", "dtensor"):
             from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -336,7 +341,7 @@ class EMA(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.shadow is None:
             return
-        if self._swapped and "state_dict" in checkpoint and _layout(self._live()) == "plain":
+        if self._swapped and "state_dict" in checkpoint and _layout(self._live(), self._strategy()) == "plain":
             # Validation runs with EMA swapped in: the model holds EMA, the stash holds the raw weights.
             # Keep the raw weights in "state_dict" (never let EMA become the training weights on resume).
             for k, v in self._stash.items():

@@ -168,3 +168,16 @@ def test_strategy_fragments_compose_with_jdit_recipes(fragment):
 def test_strategy_fragments_cover_every_strategy():
     names = {p.stem for p in TRAINER_FRAGMENTS}
     assert {"ddp", "fsdp", "fsdp2", "deepspeed", "deepspeed_zero3"} <= names
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed2", "deepspeed3"])
+def test_gpu_strategies_ema_resume_and_export(strategy, tmp_path):
+    """Lightning's FSDPStrategy and DeepSpeed ZeRO-2/3 need CUDA: one process each, same checks as the CPU runs."""
+    import importlib.util
+
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("needs the deepspeed package")
+    proc = run_distributed_script(SCRIPT, "jdit", strategy, tmp_path, 1, "gpu", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert f"RESUME-EXPORT-OK jdit {strategy}" in proc.stdout
