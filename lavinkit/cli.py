@@ -24,6 +24,7 @@ TOOL_COMMANDS = {
     "infer": "in-context inference: a query image/clip and a task folder of example pairs -> result",
     "eval": "per-task scores of an in-context model vs the identity baseline, the VAE ceiling and a context swap",
     "bench": "benchmarks: data loading, ST-VAE and J-DiT throughput",
+    "export": "consolidated safetensors weights (EMA or raw) from any strategy's training checkpoint",
 }
 
 

@@ -41,7 +41,9 @@ def per_token_params(config: JDiTConfig) -> int:
 
 
 def jdit_flops(config: JDiTConfig, seq_lens: Sequence[int], training: bool = True) -> float:
-    """FLOPs of one step over samples with joint sequence lengths ``seq_lens`` (context + target tokens).
+    """FLOPs of one step over samples with joint sequence lengths ``seq_lens`` (context + target tokens), counting
+    every block as a full dual-stream block (an upper bound: :func:`lavinkit.bench.train.jdit_model_flops` counts
+    the last block as it runs and is what the benchmarks report).
 
     ``6 * N_tok * sum(S) + 12 * depth * d * sum(S^2)`` for training (forward + backward, no
     recomputation counted); ``2 * ... + 4 * ...`` for a forward pass. ``d = num_heads * head_dim``.
@@ -146,7 +148,10 @@ def run(
                    "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads()},
         "params": {"lavinkit": sum(p.numel() for p in ours.parameters())},
     }
-    flops = jdit_flops(cfg, [seq] * batch)
+    from lavinkit.bench.train import jdit_model_flops
+
+    # the last block computes only keys/values for context tokens (jdit_flops would count it as a full block)
+    flops = jdit_model_flops(cfg, context_frames * tokens_per_frame, tokens_per_frame, batch)
     result["train_flops_per_step"] = flops
     steps_to_time = {"lavinkit": _train_step(ours, lambda: ours(x, t, ctx))}
     if compare:

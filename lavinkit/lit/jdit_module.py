@@ -81,7 +81,9 @@ class JDiTModule(LightningModule):
         encode_mode: ``"mean"`` (posterior mean, as ``lavinkit encode --mode mean``) or ``"sample"``.
         encode_batch_size: images/clips per VAE encoder call.
         seed: seed of the per-step generators (dropout, time, noise).
-        compile: ``torch.compile`` every J-DiT block.
+        compile: ``torch.compile`` every J-DiT block (``true`` / ``"blocks"``) or the whole J-DiT (``"model"``).
+        activation_checkpointing: recompute blocks in backward: ``true`` every block, an int n every n-th block;
+            ``None`` leaves it to ``dit_overrides.activation_checkpointing`` (see :mod:`lavinkit.lit.parallel`).
         max_nonfinite_steps: a step whose loss is NaN/Inf on any rank is skipped on every rank together (no
             update, no EMA update); the run stops after this many such steps.
         sampler: validation/test ODE sampler (default: Euler on the official 20-point grid).
@@ -108,7 +110,8 @@ class JDiTModule(LightningModule):
         encode_mode: EncodeMode = "mean",
         encode_batch_size: int = 16,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | Literal["blocks", "model"] = False,
+        activation_checkpointing: bool | int | None = None,
         sampler: ODESampler | None = None,
         guidance: ClassifierFreeGuidance | None = None,
         max_nonfinite_steps: int = 10,
@@ -150,7 +153,14 @@ class JDiTModule(LightningModule):
         self.encode_mode = encode_mode
         self.encode_batch_size = int(encode_batch_size)
         self.seed = int(seed)
-        self.compile_blocks = bool(compile)
+        from lavinkit.lit.parallel import checkpoint_every, compile_mode
+
+        self.compile_blocks = compile_mode(compile)
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing is not None:
+            checkpoint_every(activation_checkpointing)  # validates the option
+            if self.dit_config.activation_checkpointing:  # one switch decides: the module's
+                self.dit_config = dataclasses.replace(self.dit_config, activation_checkpointing=False)
         self.sampler = sampler if sampler is not None else EulerSampler(num_steps=20, grid="official")
         self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
@@ -199,19 +209,11 @@ class JDiTModule(LightningModule):
             meta = any(p.is_meta for p in dit.parameters())
             dit.load_state_dict(state, strict=True, assign=meta)
             dit.freeze_dead_parameters(self.dit_config.freeze_dead_params)
-        if self.compile_blocks:
-            for block in dit.modules():
-                if isinstance(block, dit.block_class):
-                    block.compile()
-        mesh = self.device_mesh  # set by ModelParallelStrategy: FSDP2 over its data-parallel dimension
-        if mesh is not None:
-            from torch.distributed.fsdp import fully_shard
+        from lavinkit.lit.parallel import parallelize_jdit
 
-            data_parallel = mesh["data_parallel"]
-            for block in dit.modules():
-                if isinstance(block, dit.block_class):
-                    fully_shard(block, mesh=data_parallel)
-            fully_shard(dit, mesh=data_parallel)
+        mesh = self.device_mesh  # set by ModelParallelStrategy: FSDP2 over its data-parallel dimension
+        parallelize_jdit(dit, compile=self.compile_blocks, activation_checkpointing=self.activation_checkpointing,
+                         mesh=mesh["data_parallel"] if mesh is not None else None)
         self.dit = dit
 
     def _require_dit(self) -> JDiT:
@@ -220,6 +222,14 @@ class JDiTModule(LightningModule):
         return self.dit
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            from lavinkit.lit.parallel import check_jdit_strategy
+
+            check_jdit_strategy(
+                self.trainer, type(self).__name__, compile=self.compile_blocks,
+                activation_checkpointing=self.activation_checkpointing,
+                config_checkpointing=self.dit_config.activation_checkpointing, init_weights=self.init_weights,
+            )
         vae = self._vae.module if self._vae is not None else None
         if vae is not None:
             channels = vae.config.latent_channels

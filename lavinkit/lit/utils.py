@@ -19,7 +19,8 @@ def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) ->
     """Reject strategies and precisions a two-optimizer, manually optimised module cannot train with.
 
     Raises:
-        ValueError: DeepSpeed (one optimizer per engine), Lightning's FSDP (no manual optimisation), or fp16
+        ValueError: DeepSpeed (one optimizer per engine), Lightning's FSDP (no manual optimisation), FSDP2 through
+            ``ModelParallelStrategy`` (the module does not shard itself; DDP serves a model this size), or fp16
             mixed precision (a GradScaler is not stepped by the manual loop; use ``bf16-mixed``). The message
             names the option.
     """
@@ -35,6 +36,11 @@ def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) ->
         raise ValueError(
             f"{module_name}: trainer.strategy=fsdp is not supported: Lightning's FSDP does not support manual "
             "optimisation; use strategy: ddp"
+        )
+    if type(strategy).__name__ == "ModelParallelStrategy":
+        raise ValueError(
+            f"{module_name}: trainer.strategy=ModelParallelStrategy (FSDP2) is not supported: the VAE-GAN is small "
+            "and manually optimised with two optimizers; use strategy: ddp"
         )
     precision = str(getattr(trainer.precision_plugin, "precision", ""))
     if precision in ("16-mixed", "16"):
