@@ -71,10 +71,11 @@ def read_memories(
     is_ctx = is_ctx.expand(b, -1).float()  # [B, S]
     if update == "linear":
         memory, norm = segment_memories(sk, v, onehot)
-        mem_ctx = torch.einsum("bhsde,bs->bhde", memory, is_ctx)  # sum over context segments
-        norm_ctx = torch.einsum("bhsd,bs->bhd", norm, is_ctx)
-        own = is_ctx[:, None, :, None]  # a context segment leaves its own term out
-        return mem_ctx[:, :, None] - own[..., None] * memory, norm_ctx[:, :, None] - own * norm
+        s_count = is_ctx.shape[1]
+        # weights[b, s, j]: segment s reads context segment j, except itself (a sum, never a difference)
+        others = 1.0 - torch.eye(s_count, device=sk.device, dtype=torch.float32)
+        weights = is_ctx[:, None, :] * (others[None] * is_ctx[:, :, None] + (1 - is_ctx[:, :, None]))  # [B, S, S]
+        return torch.einsum("bhjde,bsj->bhsde", memory, weights), torch.einsum("bhjd,bsj->bhsd", norm, weights)
     # delta rule: scan over the context segments in sequence order
     onehot = onehot.expand(b, -1, -1)
     s_count = onehot.shape[-1]
