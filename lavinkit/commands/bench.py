@@ -9,6 +9,7 @@ TARGETS = {
     "data": "in-context batches/s and pairs/s over image and clip shards, grouped vs plain reading",
     "stvae": "ST-VAE encode/decode throughput and peak memory (vs diffusers AutoencoderKLCogVideoX), chunked decode memory",
     "jdit": "J-DiT train step time (vs diffusers SD3Transformer2DModel), batched vs two-pass CFG, MFU on GPU",
+    "attention": "attention variants (cores, mixers): block fwd+bwd time and memory vs in-context length, crossover vs sdpa",
 }
 
 
