@@ -6,6 +6,8 @@
 # SKIP_PREP=1 when runs/quickstart_stvae and runs/quickstart_latents already exist.
 # Variants (name=overrides): flex is left out on CPU (FlexAttention has no CPU backward); on a GPU add
 #   "flex_pair_local=attention_core: flex, attention_core_options: {rule: pair_local}" with --trainer.accelerator gpu.
+# STEPS=150 shortens every run (max_steps, one-cycle length and epoch length together); QUERIES sets the eval
+# queries per task (default 4).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LAVINKIT="${LAVINKIT:-lavinkit}"
@@ -13,12 +15,17 @@ PYTHON="${PYTHON:-python}"
 BASE="hidden_size: 192, depth: 4, num_heads: 4, kv_group: 2"
 VARIANTS=(
     "sdpa="
+    "infini=attention_core: infini"
+    "diffussm=token_mixer: diffussm"
     "pair_local=attention_core: pair_local"
     "factorized=attention_core: factorized"
-    "infini=attention_core: infini"
     "infini_delta=attention_core: infini, attention_core_options: {update: delta}"
-    "diffussm=token_mixer: diffussm"
 )
+STEP_ARGS=()
+if [ -n "${STEPS:-}" ]; then
+    STEP_ARGS=(--trainer.max_steps "$STEPS" --model.init_args.lr_scheduler.init_args.total_steps "$STEPS"
+               --data.init_args.steps_per_epoch "$STEPS")
+fi
 if [ -n "${ONLY:-}" ]; then  # e.g. ONLY="sdpa infini" runs a subset
     keep=(); for v in "${VARIANTS[@]}"; do [[ " $ONLY " == *" ${v%%=*} "* ]] && keep+=("$v"); done; VARIANTS=("${keep[@]}")
 fi
@@ -40,10 +47,10 @@ for entry in "${VARIANTS[@]}"; do
     echo "== $name: $overrides"
     "$LAVINKIT" fit --config recipes/ablation/attention.yaml \
         --model.init_args.dit_overrides "$overrides" \
-        --trainer.default_root_dir "$out" --trainer.logger.init_args.name "$name"
+        --trainer.default_root_dir "$out" --trainer.logger.init_args.name "$name" "${STEP_ARGS[@]}"
     "$LAVINKIT" eval --checkpoint "$out/checkpoints/last.ckpt" --task-folder demo_data/tasks \
         --tasks "[colorization, denoising, super_resolution, inpainting, edge_detection, horizontal_flip]" \
-        --queries-per-task 4 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
+        --queries-per-task "${QUERIES:-4}" --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
         --seeds "[0]" --out "$out/eval" --progress false
 done
 

@@ -60,6 +60,10 @@ def test_infini_gates_are_per_head_fp32_and_receive_gradients():
     assert core.beta.dtype == torch.float32 and core.beta.shape == (model.config.num_heads,)
     torch.testing.assert_close(core.gates(), torch.sigmoid(torch.tensor(-2.0)).expand(model.config.num_heads))
     assert "blocks.0.core.beta" in model.state_dict()
+    metrics = model.attention_metrics()
+    assert len(metrics) == model.config.depth * model.config.num_heads
+    assert metrics["blocks.1.gate/h0"] == pytest.approx(float(torch.sigmoid(torch.tensor(-2.0))))
+    assert JDiT(JDiTConfig.from_name("tiny")).attention_metrics() == {}
 
 
 def test_flex_refuses_cpu_backward():
@@ -198,3 +202,20 @@ def test_weights_file_keeps_the_variant(tmp_path):
     loaded = JDiT.from_pretrained(path)
     assert loaded.config.attention_core == "infini"
     assert float(loaded.blocks[1].core.beta.detach()[0]) == 1.5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule", ["full", "pair_local", "segment_local"])
+def test_flex_matches_reference_on_cuda(rule):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    layout = make_layout(pairs=2, height=8, width=8, device="cuda", context_lengths=[5, 3])
+    core = build_core("flex", 4, 2, 12, options={"rule": rule}).cuda()
+    q, k, v = (torch.randn(2, h, layout.length, 12, device="cuda", requires_grad=True) for h in (4, 2, 2))
+    out, ref = core(q, k, v, layout), core.reference(q, k, v, layout)
+    valid = layout.key_mask.reshape(2, 1, -1, 1)
+    torch.testing.assert_close(out * valid, ref * valid, atol=2e-3, rtol=2e-3)
+    grads = torch.autograd.grad((out * valid).square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * valid).square().sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)

@@ -56,6 +56,15 @@ class JDiT(nn.Module):
         """The repeated block class (for FSDP auto-wrap and activation-checkpointing policies)."""
         return JointBlock
 
+    def attention_metrics(self) -> dict[str, float]:
+        """Scalars the attention cores report, keyed ``blocks.<i>.<name>`` (Infini-attention: the per-head
+        memory gate ``sigmoid(beta)``), for a training loop to log."""
+        out = {}
+        for i, block in enumerate(self.blocks):
+            if block.core is not None:
+                out.update({f"blocks.{i}.{k}": v for k, v in block.core.metrics().items()})
+        return out
+
     def dead_parameters(self) -> list[nn.Parameter]:
         """Parameters that cannot influence the output (official-arch s.2.7), kept only for loading."""
         return self.blocks[-1].dead_parameters()

@@ -151,6 +151,10 @@ class InfiniAttention(AttentionCore):
         """``sigmoid(beta)`` per query head (weight of the memory path), detached float32 ``[H]``."""
         return torch.sigmoid(self.beta.detach().float())
 
+    def metrics(self) -> dict[str, float]:
+        """``gate/h<i>``: ``sigmoid(beta)`` of every query head."""
+        return {f"gate/h{i}": float(g) for i, g in enumerate(self.gates().tolist())}
+
     def _segments(self, layout: JointLayout, device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(onehot [R, L, S] float32, is_ctx [R, S] bool)`` of the Infini segments (query + target merged)."""
         seg, role = layout.segment_ids(device), layout.roles(device)

@@ -145,6 +145,10 @@ class AttentionCore(nn.Module):
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, backend={self.backend_name}"
 
+    def metrics(self) -> dict[str, float]:
+        """Scalars worth logging (e.g. learned gates); ``{}`` by default."""
+        return {}
+
     def check(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: JointLayout) -> None:
         """Refuse what this core declared it cannot do (raises ValueError / NotImplementedError)."""
         caps, name = self.capabilities, self.name
