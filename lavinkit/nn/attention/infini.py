@@ -55,9 +55,9 @@ def segment_memories(
         ``(M [B, Hkv, S, d, e], z [B, Hkv, S, d])``.
     """
     onehot = onehot.expand(sk.shape[0], -1, -1)
-    memory = torch.einsum("bhld,bhle,bls->bhsde", sk, v.float(), onehot)
-    norm = torch.einsum("bhld,bls->bhsd", sk, onehot)
-    return memory, norm
+    keys = torch.einsum("bhld,bls->bhsld", sk, onehot)  # [B, Hkv, S, L, d]: keys of segment s, zeros elsewhere
+    memory = torch.einsum("bhsld,bhle->bhsde", keys, v.float())
+    return memory, keys.sum(dim=3)
 
 
 def read_memories(
@@ -113,8 +113,9 @@ def retrieve(sq: torch.Tensor, memory: torch.Tensor, norm: torch.Tensor, onehot_
     hkv = memory.shape[1]
     sq = sq.reshape(b, hkv, hq // hkv, lq, d)  # [B, Hkv, G, Lq, d]
     onehot_q = onehot_q.expand(b, -1, -1)
-    num = torch.einsum("bhgld,bhsde,bls->bhgle", sq, memory, onehot_q)
-    den = torch.einsum("bhgld,bhsd,bls->bhgl", sq, norm, onehot_q)
+    num = torch.einsum("bhgld,bhsde->bhgsle", sq, memory)  # every segment's read, [B, Hkv, G, S, Lq, e]
+    num = torch.einsum("bhgsle,bls->bhgle", num, onehot_q)  # keep the token's own segment
+    den = torch.einsum("bhgls,bls->bhgl", torch.einsum("bhgld,bhsd->bhgls", sq, norm), onehot_q)
     return (num / (den[..., None] + eps)).reshape(b, hq, lq, -1)
 
 

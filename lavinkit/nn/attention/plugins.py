@@ -169,7 +169,7 @@ class AttentionCore(nn.Module):
                 f"attention core {name!r}: sequence lengths q {q.shape[2]}, k {k.shape[2]} do not match the layout "
                 f"(queries {layout.query_length}, keys {layout.length})"
             )
-        if layout.key_mask is not None and not caps.supports_key_mask:
+        if not layout.uniform and not caps.supports_key_mask:
             raise ValueError(
                 f"attention core {name!r} does not support key masks (padded contexts from context_lengths, e.g. batched "
                 "CFG or context dropout); use it with unpadded batches or choose a core with supports_key_mask"
@@ -231,7 +231,7 @@ class TokenMixer(nn.Module):
 
     def check(self, a_ctx: torch.Tensor, a_tgt: torch.Tensor, layout: JointLayout) -> None:
         caps, name = self.capabilities, self.name
-        if layout.key_mask is not None and not caps.supports_key_mask:
+        if not layout.uniform and not caps.supports_key_mask:
             raise ValueError(f"token mixer {name!r} does not support padded contexts (context_lengths)")
         if caps.needs_segments:
             if layout.uniform:
