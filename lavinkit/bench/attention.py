@@ -7,7 +7,7 @@ Reported per variant and sequence: median time (CPU time of the process on CPU, 
 other load; CUDA-synchronised wall time on GPU), peak memory (CUDA: ``max_memory_allocated``; CPU: bytes saved for
 backward, the activation memory that grows with the sequence) and the ratio to ``sdpa`` (the ``full`` core).
 The crossover is the shortest sequence where a variant is faster than ``sdpa``. Variants that cannot train on
-the device (FlexAttention on CPU) are timed forward only and marked. Writes a Markdown table, JSON and a PNG
+the device (FlexAttention on CPU) are timed forward only, against a forward-only ``sdpa``. Writes a Markdown table, JSON and a PNG
 plot. Example::
 
     lavinkit bench attention --out runs/bench_attention --device cpu
@@ -85,7 +85,7 @@ def _block_inputs(block, seq: dict, latent: int, patch: int, batch: int, device,
 
 
 def time_variant(name: str, seq: dict, hidden: int, heads: int, kv_group: int, latent: int, batch: int,
-                 steps: int, warmup: int, device: str, dtype: torch.dtype) -> dict:
+                 steps: int, warmup: int, device: str, dtype: torch.dtype, forward_only: bool = False) -> dict:
     from lavinkit.models.jdit import JDiTConfig
     from lavinkit.models.jdit.block import JointBlock
 
@@ -99,6 +99,7 @@ def time_variant(name: str, seq: dict, hidden: int, heads: int, kv_group: int, l
         for p in block.parameters():
             p.normal_(0, 0.02)
     trains = block.core is None or block.core.capabilities.trains_on_cpu or str(device).startswith("cuda")
+    trains = trains and not forward_only
     inputs = _block_inputs(block, seq, latent, config.patch_size[0], batch, device, dtype)
     is_cuda = str(device).startswith("cuda")
 
@@ -136,29 +137,38 @@ def time_variant(name: str, seq: dict, hidden: int, heads: int, kv_group: int, l
                 memory_bytes=int(memory), mode="fwd+bwd" if trains else "fwd only")
 
 
+def _baseline(rows: list[dict]) -> dict[tuple[str, int], float]:
+    """``(mode, tokens) -> sdpa time``."""
+    return {(r["mode"], r["tokens"]): r["time_s"] for r in rows if r["variant"] == "sdpa"}
+
+
 def crossovers(rows: list[dict]) -> dict[str, str]:
-    """Per variant: the shortest sequence where it beats ``sdpa`` (and stays ahead), or 'never at these sizes'."""
-    base = {r["tokens"]: r["time_s"] for r in rows if r["variant"] == "sdpa"}
+    """Per variant: the shortest sequence from which on it beats ``sdpa`` in the same mode (fwd+bwd, or forward
+    only where the variant cannot train on the device), or 'never at these sizes'."""
+    base = _baseline(rows)
     out = {}
     for name in dict.fromkeys(r["variant"] for r in rows):
         if name == "sdpa":
             continue
         mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["tokens"])
-        if any(r["mode"] != "fwd+bwd" for r in mine):
-            out[name] = "not comparable (forward only on this device)"
+        if any((r["mode"], r["tokens"]) not in base for r in mine):
+            out[name] = "not comparable (no sdpa timing in the same mode)"
             continue
-        faster = [r["time_s"] < base[r["tokens"]] for r in mine]
+        faster = [r["time_s"] < base[(r["mode"], r["tokens"])] for r in mine]
         first = next((i for i in range(len(faster)) if all(faster[i:])), None)
-        out[name] = "never at these sizes" if first is None else f"from {mine[first]['tokens']} tokens ({mine[first]['sequence']})"
+        note = "" if mine[0]["mode"] == "fwd+bwd" else " (forward only)"
+        out[name] = ("never at these sizes" if first is None
+                     else f"from {mine[first]['tokens']} tokens ({mine[first]['sequence']})") + note
     return out
 
 
 def table(rows: list[dict]) -> str:
-    base = {r["tokens"]: r["time_s"] for r in rows if r["variant"] == "sdpa"}
+    base = _baseline(rows)
     lines = ["| variant | sequence | tokens | mode | time (ms) | vs sdpa | memory (MiB) |",
              "|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
-        ratio = r["time_s"] / base[r["tokens"]] if r["tokens"] in base else float("nan")
+        key = (r["mode"], r["tokens"])
+        ratio = r["time_s"] / base[key] if key in base else float("nan")
         lines.append(f"| {r['variant']} | {r['sequence']} | {r['tokens']} | {r['mode']} | {r['time_s'] * 1e3:.1f} | "
                      f"{ratio:.2f} | {r['memory_bytes'] / 2**20:.1f} |")
     return "\n".join(lines)
@@ -171,9 +181,9 @@ def plot(rows: list[dict], path: Path, device: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["variant"] for r in rows):
-        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["tokens"])
-        style = "--" if mine[0]["mode"] != "fwd+bwd" else "-"
+    for name, mode in dict.fromkeys((r["variant"], r["mode"]) for r in rows):
+        mine = sorted((r for r in rows if r["variant"] == name and r["mode"] == mode), key=lambda r: r["tokens"])
+        style = "--" if mode != "fwd+bwd" else "-"
         label = name + (" (fwd only)" if style == "--" else "")
         axes[0].plot([r["tokens"] for r in mine], [r["time_s"] * 1e3 for r in mine], style, marker="o", label=label)
         axes[1].plot([r["tokens"] for r in mine], [r["memory_bytes"] / 2**20 for r in mine], style, marker="o", label=label)
@@ -226,8 +236,12 @@ def main(argv: Sequence[str]) -> int:
         for name in variants:
             rows.append(time_variant(name, seq, args.hidden, args.heads, args.kv_group, args.latent, args.batch,
                                      args.steps, args.warmup, args.device, dtype))
-            print(f"  {name:<16} {seq['name']:<26} {rows[-1]['time_s'] * 1e3:8.1f} ms", file=sys.stderr)
-    rows.sort(key=lambda r: (variants.index(r["variant"]), r["tokens"]))
+            print(f"  {name:<16} {seq['name']:<26} {rows[-1]['mode']:<8} {rows[-1]['time_s'] * 1e3:8.1f} ms", file=sys.stderr)
+        if any(r["mode"] != "fwd+bwd" for r in rows) and not any(
+                r["variant"] == "sdpa" and r["mode"] != "fwd+bwd" and r["tokens"] == seq["tokens"] for r in rows):
+            rows.append(time_variant("sdpa", seq, args.hidden, args.heads, args.kv_group, args.latent, args.batch,
+                                     args.steps, args.warmup, args.device, dtype, forward_only=True))
+    rows.sort(key=lambda r: (variants.index(r["variant"]), r["mode"] != "fwd+bwd", r["tokens"]))
     cross = crossovers(rows)
     timing = "CPU time" if args.device == "cpu" else "wall time"
     text = [f"# lavinkit bench attention ({args.device}, {args.dtype}, {timing}; hidden {args.hidden}, {args.heads} heads, "

@@ -28,7 +28,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert code == 0
     text = (tmp_path / "attention.md").read_text()
     assert "| pair_local |" in text and "Crossover vs sdpa" in text
-    assert "flex_pair_local: not comparable (forward only on this device)" in text
+    assert "flex_pair_local: " in text and "(forward only)" in text
     data = json.loads((tmp_path / "attention.json").read_text())
     assert {r["variant"] for r in data["rows"]} == {"sdpa", "pair_local", "flex_pair_local", "diffussm"}
     assert (tmp_path / "attention.png").stat().st_size > 1000
