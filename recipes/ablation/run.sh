@@ -7,7 +7,7 @@
 # Variants (name=overrides): flex is left out on CPU (FlexAttention has no CPU backward); on a GPU add
 #   "flex_pair_local=attention_core: flex, attention_core_options: {rule: pair_local}" with --trainer.accelerator gpu.
 # STEPS=150 shortens every run (max_steps, one-cycle length and epoch length together); QUERIES sets the eval
-# queries per task (default 4).
+# queries per task (default 4); EXTRA_FIT_ARGS are appended to every `lavinkit fit`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LAVINKIT="${LAVINKIT:-lavinkit}"
@@ -47,7 +47,7 @@ for entry in "${VARIANTS[@]}"; do
     echo "== $name: $overrides"
     "$LAVINKIT" fit --config recipes/ablation/attention.yaml \
         --model.init_args.dit_overrides "$overrides" \
-        --trainer.default_root_dir "$out" --trainer.logger.init_args.name "$name" "${STEP_ARGS[@]}"
+        --trainer.default_root_dir "$out" --trainer.logger.init_args.name "$name" "${STEP_ARGS[@]}" ${EXTRA_FIT_ARGS:-}
     "$LAVINKIT" eval --checkpoint "$out/checkpoints/last.ckpt" --task-folder demo_data/tasks \
         --tasks "[colorization, denoising, super_resolution, inpainting, edge_detection, horizontal_flip]" \
         --queries-per-task "${QUERIES:-4}" --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
