@@ -424,7 +424,7 @@ def run(
     if result.get("counted_flops"):
         result["counted_flops_per_s"] = result["counted_flops"] / step
     if dev.type == "cuda":
-        from lavinkit.bench.jdit import peak_flops
+        from lavinkit.bench.peaks import peak_flops
 
         peak = peak_flops(torch.cuda.get_device_name(dev))
         if peak is not None and flops:
