@@ -12,6 +12,7 @@ look and feel of the training commands (``--help``, ``--config``, errors that na
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,11 +24,31 @@ TOOL_COMMANDS = {
     "infer": "in-context inference: a query image/clip and a task folder of example pairs -> result",
     "eval": "per-task scores of an in-context model vs the identity baseline, the VAE ceiling and a context swap",
     "bench": "benchmarks: data loading, ST-VAE and J-DiT throughput",
+    "export": "consolidated safetensors weights (EMA or raw) from any strategy's training checkpoint",
 }
 
 
+# modules whose classes resolve by their short names (``--model JDiTModule``, ``class_path: EMA``): jsonargparse
+# finds subclasses among the imported classes
+SHORT_NAME_MODULES = (
+    "lavinkit.lit",
+    "lavinkit.lit.callbacks",
+    "lavinkit.data.datamodule",
+    "lavinkit.flow",
+    "lavinkit.losses",
+    "lavinkit.models.stvae.discriminator",
+)
+
+# errors that a wrong path or option value raises; the messages name the file, key or option at fault
+USAGE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
+
+
 class LavinCLI:
-    """Factory for the LightningCLI used by the training commands (kept lazy: importing Lightning is slow)."""
+    """Factory for the LightningCLI used by the training commands (kept lazy: importing Lightning is slow).
+
+    Optimizers come only from the modules' constructors (``auto_configure_optimizers=False``): a command-line
+    ``--optimizer`` cannot silently replace the GAN's two optimizers, it is an unknown option.
+    """
 
     @staticmethod
     def build(args: Sequence[str] | None = None, run: bool = True):
@@ -40,6 +61,8 @@ class LavinCLI:
         from lightning.pytorch import LightningDataModule, LightningModule
         from lightning.pytorch.cli import LightningCLI
 
+        for name in SHORT_NAME_MODULES:
+            importlib.import_module(name)
         return LightningCLI(
             LightningModule,
             LightningDataModule,
@@ -48,6 +71,7 @@ class LavinCLI:
             args=args,
             run=run,
             save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
         )
 
 
@@ -69,6 +93,45 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _fail(command: str, err: BaseException, code: int) -> int:
+    """Print ``err`` as one line (``LAVINKIT_DEBUG=1`` re-raises it with its traceback) and return ``code``."""
+    if os.environ.get("LAVINKIT_DEBUG"):
+        raise err
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, KeyError):
+        message = f"missing key {message}"
+    print(f"lavinkit {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return int(exc.code or 0)
+    print(exc.code, file=sys.stderr)
+    return 2
+
+
+def run_command(command: str, call, *, catch_all: bool = True) -> int:
+    """Run a command's entry point the same way for every command: usage errors (``SystemExit`` of the
+    parser, a missing path, a bad option value) end with one line naming the file or option and exit code 2;
+    with ``catch_all`` any other failure prints one line and exits 1 (``LAVINKIT_DEBUG=1`` shows the traceback).
+    Training commands pass ``catch_all=False``: a failure during training keeps its traceback."""
+    try:
+        return int(call() or 0)
+    except SystemExit as exc:
+        if not exc.code:
+            raise  # --help / --print_config: a normal exit
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        raise
+    except USAGE_ERRORS as err:
+        return _fail(command, err, 2)
+    except Exception as err:  # noqa: BLE001 - a tool never ends in a traceback unless asked to
+        if not catch_all:
+            raise
+        return _fail(command, err, 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lavinkit`` console script."""
     from_sys = argv is None
@@ -84,11 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command in TRAINER_COMMANDS:
         # LightningCLI reads sys.argv itself; explicit args are for calls from Python.
-        LavinCLI.build(args=None if from_sys else [command, *rest], run=True)
-        return 0
+        return run_command(command, lambda: LavinCLI.build(args=None if from_sys else [command, *rest], run=True),
+                           catch_all=False)
     if command in TOOL_COMMANDS:
         module = importlib.import_module(f"lavinkit.commands.{command}")
-        return int(module.main(rest) or 0)
+        return run_command(command, lambda: module.main(rest))
     print(f"lavinkit: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
 

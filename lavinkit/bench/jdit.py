@@ -22,12 +22,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lavinkit.bench.peaks import PEAK_BF16_FLOPS, mfu, peak_flops  # noqa: F401 (re-exported)
 from lavinkit.models.jdit import JDiT, JDiTConfig, cfg_batch, null_context
 
-# bf16 dense tensor-core peaks (no sparsity), by device-name substring, most specific first.
-PEAK_BF16_FLOPS = (
-    ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
-)
 
 
 def per_token_params(config: JDiTConfig) -> int:
@@ -41,7 +38,9 @@ def per_token_params(config: JDiTConfig) -> int:
 
 
 def jdit_flops(config: JDiTConfig, seq_lens: Sequence[int], training: bool = True) -> float:
-    """FLOPs of one step over samples with joint sequence lengths ``seq_lens`` (context + target tokens).
+    """FLOPs of one step over samples with joint sequence lengths ``seq_lens`` (context + target tokens), counting
+    every block as a full dual-stream block (an upper bound: :func:`lavinkit.bench.train.jdit_model_flops` counts
+    the last block as it runs and is what the benchmarks report).
 
     ``6 * N_tok * sum(S) + 12 * depth * d * sum(S^2)`` for training (forward + backward, no
     recomputation counted); ``2 * ... + 4 * ...`` for a forward pass. ``d = num_heads * head_dim``.
@@ -49,19 +48,6 @@ def jdit_flops(config: JDiTConfig, seq_lens: Sequence[int], training: bool = Tru
     dense, attn = (6, 12) if training else (2, 4)
     d = config.num_heads * config.head_dim
     return float(dense * per_token_params(config) * sum(seq_lens) + attn * config.depth * d * sum(s * s for s in seq_lens))
-
-
-def peak_flops(device_name: str) -> float | None:
-    """bf16 dense peak FLOP/s from a CUDA device name (``None`` when unknown)."""
-    for key, value in PEAK_BF16_FLOPS:
-        if key.lower() in device_name.lower():
-            return value
-    return None
-
-
-def mfu(flops_per_step: float, step_seconds: float, peak: float, n_devices: int = 1) -> float:
-    """Model FLOPs utilisation: achieved FLOP/s over the peak of all devices."""
-    return flops_per_step / (step_seconds * peak * n_devices)
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -146,7 +132,10 @@ def run(
                    "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads()},
         "params": {"lavinkit": sum(p.numel() for p in ours.parameters())},
     }
-    flops = jdit_flops(cfg, [seq] * batch)
+    from lavinkit.bench.train import jdit_model_flops
+
+    # the last block computes only keys/values for context tokens (jdit_flops would count it as a full block)
+    flops = jdit_model_flops(cfg, context_frames * tokens_per_frame, tokens_per_frame, batch)
     result["train_flops_per_step"] = flops
     steps_to_time = {"lavinkit": _train_step(ours, lambda: ours(x, t, ctx))}
     if compare:

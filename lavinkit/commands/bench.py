@@ -9,6 +9,8 @@ TARGETS = {
     "data": "in-context batches/s and pairs/s over image and clip shards, grouped vs plain reading",
     "stvae": "ST-VAE encode/decode throughput and peak memory (vs diffusers AutoencoderKLCogVideoX), chunked decode memory",
     "jdit": "J-DiT train step time (vs diffusers SD3Transformer2DModel), batched vs two-pass CFG, MFU on GPU",
+    "train": "a recipe's model (J-DiT or ST-VAE) as it trains or samples: step time, samples/s, tokens/s, memory, FLOP/s, MFU",
+    "attention": "attention variants (cores, mixers): block fwd+bwd time and memory vs in-context length, crossover vs sdpa",
 }
 
 

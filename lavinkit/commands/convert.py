@@ -200,11 +200,11 @@ def build_parser():
     parser.add_argument("dst", type=str, help="output file (.safetensors; --to official --kind stvae also .pt)")
     parser.add_argument("--kind", type=Literal["jdit", "stvae"], required=True, help="which model the file holds")
     parser.add_argument("--to", type=Literal["lavinkit", "official"], default="lavinkit", help="output layout")
-    parser.add_argument("--official_kwargs", "--official-kwargs", type=str | None, default=None,
+    parser.add_argument("--official-kwargs", "--official_kwargs", type=str | None, default=None,
                         help="official constructor arguments as JSON, or a preset name (default: official preset)")
     parser.add_argument("--dtype", type=Literal["keep", "float32", "bfloat16", "float16"], default="keep",
                         help="output dtype; bfloat16 -> float16 is refused")
-    parser.add_argument("--use_ema", "--use-ema", type=bool, default=True, help="export EMA weights of a training checkpoint")
+    parser.add_argument("--use-ema", "--use_ema", type=bool, default=True, help="export EMA weights of a training checkpoint")
     return parser
 
 

@@ -38,6 +38,7 @@ def _parser() -> ArgumentParser:
     demo.add_argument("--clip-ext", type=str, default="mp4", help="mp4 or npy")
     demo.add_argument("--samples-per-shard", type=int | None, default=None, help="default: ~4 shards per split")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--progress", type=bool, default=True, help="show progress bars with an ETA")
     sub.add_subcommand("demo", demo, help="build the offline demo data set")
 
     pack = ArgumentParser(description="Pack official-style task folders (root/<task>/NAME_input.png + "
@@ -60,6 +61,7 @@ def _parser() -> ArgumentParser:
     pack.add_argument("--prefix", type=str | None, default=None, help="shard name prefix (images / videos)")
     pack.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
     pack.add_argument("--maxsize", type=float, default=256e6, help="bytes per shard (approximately) at most")
+    pack.add_argument("--progress", type=bool, default=True, help="show a progress bar with an ETA")
     sub.add_subcommand("pack", pack, help="pack task folders or videos into shards")
 
     validate = ArgumentParser(description="Check shards against the sample schema; prints every problem with its "
@@ -101,7 +103,7 @@ def _demo(a) -> int:
                      image_pairs_per_task=a.image_pairs_per_task, clip_pairs_per_task=a.clip_pairs_per_task,
                      val_image_pairs_per_task=a.val_image_pairs_per_task,
                      val_clip_pairs_per_task=a.val_clip_pairs_per_task, image_ext=a.image_ext, clip_ext=a.clip_ext,
-                     samples_per_shard=a.samples_per_shard, seed=a.seed)
+                     samples_per_shard=a.samples_per_shard, seed=a.seed, progress=a.progress)
     took = time.perf_counter() - start
     for split in ("train", "val"):
         index = read_index(out / split)
@@ -111,23 +113,23 @@ def _demo(a) -> int:
 
 
 def _pack(a) -> int:
-    from lavinkit.data.pack import PackError, pack_task_folders, pack_videos, read_index
+    from lavinkit.data.pack import PackOptionError, pack_task_folders, pack_videos, read_index
 
     if (a.task_folders is None) == (a.videos is None):
-        raise PackError("give exactly one of --task-folders DIR or --videos DIR")
+        raise PackOptionError("give exactly one of --task-folders DIR or --videos DIR")
     if a.task_folders is not None:
         for opt, value in (("--task", a.task), ("--transform", a.transform)):
             if value is not None:
-                raise PackError(f"{opt} is for --videos; task folders take their task names from the folder names")
+                raise PackOptionError(f"{opt} is for --videos; task folders take their task names from the folder names")
         path = pack_task_folders(a.task_folders, a.out, tasks=_split_names(a.tasks), size=a.size,
                                  image_ext=a.image_ext, prefix=a.prefix or "images", maxcount=a.maxcount,
-                                 maxsize=a.maxsize)
+                                 maxsize=a.maxsize, progress=a.progress)
     else:
         if a.tasks is not None:
-            raise PackError("--tasks is for --task-folders; use --task NAME with --videos")
+            raise PackOptionError("--tasks is for --task-folders; use --task NAME with --videos")
         path = pack_videos(a.videos, a.out, task=a.task, transform=a.transform, frames=a.frames, stride=a.stride,
                            size=64 if a.size is None else a.size, clip_ext=a.clip_ext, seed=a.seed,
-                           prefix=a.prefix or "videos", maxcount=a.maxcount, maxsize=a.maxsize)
+                           prefix=a.prefix or "videos", maxcount=a.maxcount, maxsize=a.maxsize, progress=a.progress)
     index = read_index(path)
     counts = ", ".join(f"{t} {v['count']}" for t, v in index["tasks"].items())
     print(f"packed {index['num_samples']} pairs into {len(index['shards'])} shard(s) ({counts}); index: {path}")
@@ -149,8 +151,9 @@ def _validate(a) -> int:
 
 def _inspect(a) -> int:
     from lavinkit.data.inspect import contact_sheet, inspect_shards
+    from lavinkit.data.shards import resolve_urls
 
-    result = inspect_shards(a.urls, pairs_per_task=a.pairs_per_task)
+    result = inspect_shards(resolve_urls(a.urls, what="urls"), pairs_per_task=a.pairs_per_task)
     print(result.table())
     for err in result.errors[:20]:
         print(f"warning: {err}", file=sys.stderr)
@@ -162,7 +165,8 @@ def _inspect(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``lavinkit data <subcommand>``; returns the exit code (2 for usage errors, 1 for failures)."""
+    """Run ``lavinkit data <subcommand>``; returns the exit code (2 for usage errors: bad options, missing input
+    paths; 1 for failures: problems found by ``validate``, unusable input data)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     try:
@@ -171,12 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     name = cfg.subcommand
     args = cfg[name]
-    from lavinkit.data.pack import PackError
-    from lavinkit.data.schema import SampleError
+    from lavinkit.data.pack import PackOptionError
 
     try:
         return {"demo": _demo, "pack": _pack, "validate": _validate, "inspect": _inspect}[name](args)
-    except (PackError, SampleError, FileNotFoundError, NotADirectoryError, ImportError, RuntimeError, ValueError,
-            OSError) as err:
+    except (ImportError, RuntimeError, ValueError, OSError) as err:
+        # a bad option or a missing input path is a usage error (2); unusable input data is a failure (1)
+        usage = isinstance(err, (PackOptionError, FileNotFoundError, NotADirectoryError)) or (
+            name == "demo" and isinstance(err, ValueError)  # build_demo's ValueErrors name the option at fault
+        )
         print(f"lavinkit data {name}: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, PackError) and "give exactly one" in str(err) else 1
+        return 2 if usage else 1

@@ -119,14 +119,26 @@ def encode_shards(
     device: str = "auto",
     maxcount: int = 1000,
     use_ema: bool = True,
-    log_every: int = 100,
+    log_every: int = 0,
+    progress: bool = True,
 ) -> Path:
-    """Encode pair shards into latent shards; returns the path of the written ``index.json``."""
-    import webdataset as wds
+    """Encode pair shards into latent shards; returns the path of the written ``index.json``.
 
-    from lavinkit.data.pack import PairShardWriter, write_index
-    from lavinkit.data.pipeline import resolve_urls
+    Shards are read with the shared reader and every sample is checked by the shared checker
+    (``lavinkit.data.schema.decode_pair``); ``progress`` shows a bar with an ETA (total from the ``index.json``
+    next to the shards when there is one)."""
+    from tqdm.auto import tqdm
+
     from lavinkit.data.schema import decode_pair
+    from lavinkit.data.shards import (
+        PairShardWriter,
+        find_index,
+        open_shard,
+        resolve_urls,
+        shard_samples,
+        task_counts_from_index,
+        write_index,
+    )
     from lavinkit.models.stvae import STVAE
 
     if mode not in ("mean", "sample"):
@@ -134,7 +146,7 @@ def encode_shards(
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if not Path(vae_path).is_file():
         raise FileNotFoundError(f"--vae {vae_path}: no such ST-VAE weights file")
     if device == "auto":
@@ -161,19 +173,23 @@ def encode_shards(
         for i, pair in enumerate(pending):
             writer.write(_latent_sample(pair["key"], lat_in[i], lat_tgt[i], pair, info))
         count += len(pending)
+        bar.update(len(pending))
         if log_every and count // log_every != (count - len(pending)) // log_every:
             print(f"encoded {count} pairs ({count / max(time.time() - start, 1e-9):.1f} pairs/s)", file=sys.stderr)
         pending.clear()
 
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False, nodesplitter=None)
-    with writer:
-        for raw in dataset:
-            pair = decode_pair(raw)
-            if pending and pending[0]["input"].shape != pair["input"].shape:
-                flush()  # one encoder call per shape
-            pending.append(pair)
-            if len(pending) >= batch_size:
-                flush()
+    total = sum(task_counts_from_index(find_index(urls), urls).values()) or None
+    bar = tqdm(total=total, desc="lavinkit encode", unit="pair", disable=not progress)
+    with writer, bar:
+        for url in urls:
+            with open_shard(url) as stream:
+                for raw in shard_samples(url, stream):
+                    pair = decode_pair(raw)
+                    if pending and pending[0]["input"].shape != pair["input"].shape:
+                        flush()  # one encoder call per shape
+                    pending.append(pair)
+                    if len(pending) >= batch_size:
+                        flush()
         flush()
     if count == 0:
         raise ValueError(f"--data {data}: the shards hold no samples")
@@ -202,10 +218,11 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of --mode sample")
     parser.add_argument("--dtype", type=Literal["float32", "bfloat16", "float16"], default="float32",
                         help="VAE compute dtype (latents are stored as float16 either way)")
-    parser.add_argument("--batch_size", type=int, default=16, help="pairs per encoder call")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=16, help="pairs per encoder call")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per output shard")
-    parser.add_argument("--use_ema", type=bool, default=True, help="use the VAE's EMA weights when present")
+    parser.add_argument("--use-ema", "--use_ema", type=bool, default=True, help="use the VAE's EMA weights when present")
+    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar with an ETA")
     return parser
 
 
@@ -215,5 +232,6 @@ def main(argv: list[str]) -> int:
     encode_shards(
         args.data, args.out, args.vae, mode=args.mode, seed=args.seed, dtype=args.dtype,
         batch_size=args.batch_size, device=args.device, maxcount=args.maxcount, use_ema=args.use_ema,
+        progress=args.progress,
     )  # fmt: skip
     return 0

@@ -358,6 +358,7 @@ def build_parser():
     p.add_argument("--out", type=str, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of query i is seed + i (pairs and noise)")
     p.add_argument("--fps", type=int, default=8, help="frame rate of written mp4s")
+    p.add_argument("--progress", type=bool, default=True, help="show a progress bar with an ETA")
     p.add_argument("--rounding", type=Literal["round", "truncate"], default="round",
                    help="uint8 conversion of results (truncate = official)")
     add_pipeline_arguments(p)
@@ -384,12 +385,14 @@ def run(args) -> list[dict]:
         raise InferError(f"cannot build the pipeline from --vae {vae_path} / --dit {dit_path}: {err}") from err
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
     records, rows = [], []
-    for i, job in enumerate(jobs):
+    for i, job in enumerate(tqdm(jobs, desc="lavinkit infer", unit="query", disable=not args.progress)):
         seed = args.seed + i
         qpath, folder, pairs = job.query, job.folder, job.pairs
         names = choose_pairs(pairs, args.num_pairs, seed, job.exclude, folder)
-        print(f"[{i + 1}/{len(jobs)}] {folder.name}/{qpath.name}: pairs {names} (seed {seed})", flush=True)
+        tqdm.write(f"[{i + 1}/{len(jobs)}] {folder.name}/{qpath.name}: pairs {names} (seed {seed})")
         query = load_media(qpath, size, args.max_frames)
         loaded = [(load_media(pairs[n][0], size, args.max_frames), load_media(pairs[n][1], size, args.max_frames))
                   for n in names]  # fmt: skip
@@ -419,7 +422,7 @@ def run(args) -> list[dict]:
         if job.target is not None:
             record["target"] = str(job.target)
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        print(f"    -> {result_path} ({out.nfe} evaluations, {seconds:.1f}s)", flush=True)
+        tqdm.write(f"    -> {result_path} ({out.nfe} evaluations, {seconds:.1f}s)")
         records.append(record)
     if args.query is None:
         sheet = out_dir / "results_grid.png"

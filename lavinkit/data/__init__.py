@@ -19,7 +19,7 @@ _EXPORTS = {
     "Source": "lavinkit.data.pipeline",
     "PixelDecoder": "lavinkit.data.pipeline",
     "LatentDecoder": "lavinkit.data.pipeline",
-    "DataStreamError": "lavinkit.data.pipeline",
+    "DataStreamError": "lavinkit.data.schema",
     "resolve_urls": "lavinkit.data.shards",
     "collate_examples": "lavinkit.data.pipeline",
     "TaskGrouper": "lavinkit.data.incontext",
@@ -32,6 +32,7 @@ _EXPORTS = {
     "LatentMixtureDataModule": "lavinkit.data.datamodule",
     "SkippedSamplesLogger": "lavinkit.data.datamodule",
     "StreamLoader": "lavinkit.data.datamodule",
+    "PairDataModule": "lavinkit.data.datamodule",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -56,12 +56,14 @@ Urls = str | list[str]
 
 
 class _Position:
-    """Where the training stream is: the epoch being read, batches delivered, a pending resume."""
+    """Where the training stream is: the epoch being read, batches delivered by the loader (``consumed``, counting
+    prefetched ones), batches the training loop has taken (``processed``), a pending resume."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.next_epoch = 0
         self.consumed = 0
+        self.processed = 0
         self.started = False
         self.resume: tuple[int, int] | None = None
 
@@ -79,7 +81,7 @@ class _Position:
             if self.resume[0] == epoch:
                 skip = self.resume[1]
         self.resume = None
-        self.epoch, self.consumed, self.next_epoch, self.started = epoch, skip, epoch + 1, True
+        self.epoch, self.consumed, self.processed, self.next_epoch, self.started = epoch, skip, skip, epoch + 1, True
         return epoch, skip
 
 
@@ -119,26 +121,42 @@ class StreamLoader(DataLoader):
             yield batch
 
 
-class _PairDataModule(pl.LightningDataModule, ABC):
-    """Shared machinery; the public subclasses only declare their sources."""
+class PairDataModule(pl.LightningDataModule, ABC):
+    """The options every pair DataModule shares (subclasses add their shard urls and decoding options and pass
+    these on with ``**kwargs``; ``lavinkit fit --data.help CLASS`` lists them all).
+
+    Args:
+        batch_size: in-context examples per batch (per rank).
+        num_context: k context pairs per example; an int, or ``[k_min, k_max]`` drawn per batch.
+        val_num_context: fixed k for validation and test (default: the largest training k).
+        steps_per_epoch: training batches per rank per epoch (the stream resamples shards endlessly).
+        val_batches: validation (and test) batches per rank; ``None`` counts what every rank can form and truncates.
+        num_workers: DataLoader workers per rank.
+        seed: root of every shard/shuffle/k draw (derived per epoch, rank and worker).
+        shuffle_buffer: sample shuffle buffer of each training worker.
+        task_weights: ``{task: weight}``: relative frequency of tasks (thinning; 0 drops a task).
+        max_skipped: bad samples tolerated per rank before the run stops (``None``: no limit).
+        pin_memory: DataLoader ``pin_memory``.
+        prefetch_factor: DataLoader ``prefetch_factor`` (with workers; ``None``: PyTorch's default).
+    """
 
     latents = False
 
     def __init__(
         self,
         *,
-        batch_size: int,
-        num_context: NumContext,
-        val_num_context: int | None,
-        steps_per_epoch: int,
-        val_batches: int | None,
-        num_workers: int,
-        seed: int,
-        shuffle_buffer: int,
-        task_weights: dict[str, float] | None,
-        max_skipped: int | None,
-        pin_memory: bool,
-        prefetch_factor: int | None,
+        batch_size: int = 8,
+        num_context: NumContext = 2,
+        val_num_context: int | None = None,
+        steps_per_epoch: int = 1000,
+        val_batches: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        task_weights: dict[str, float] | None = None,
+        max_skipped: int | None = 100,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -333,27 +351,32 @@ class _PairDataModule(pl.LightningDataModule, ABC):
                 f"last: shard {url}, key {key!r}: {reason}"
             )
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches the loop takes (the loader prefetches ahead of it): the stream position
+        :meth:`state_dict` saves."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and self._position.started:
+            self._position.processed += 1
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
         """``{"seed", "epoch", "consumed", "world_size", "num_workers", "steps_per_epoch", "skipped"}``.
 
-        ``consumed`` counts the training batches of ``epoch`` already processed on this rank (taken from the
-        trainer's loop when fitting, so batches prefetched by the loader are not counted).
+        ``consumed`` counts the training batches of ``epoch`` the training loop has taken on this rank (counted in
+        :meth:`on_after_batch_transfer`, so batches prefetched by the loader are not counted).
         """
         pos = self._position
-        trainer = self._fitting_trainer()
         if pos.started:
             # the epoch of the stream being read; the trainer's epoch counter runs ahead of it between
             # the end of an epoch and the next iterator, and behind it right after a restore
-            epoch, consumed = pos.epoch, pos.consumed
-            if trainer is not None:
-                # batches the loop has processed (the loader may have prefetched more); never more than
-                # were delivered (the loop's counter is stale until the next epoch resets it)
-                consumed = min(consumed, int(trainer.fit_loop.epoch_loop.batch_progress.current.processed))
-        elif trainer is not None:
-            epoch = int(trainer.current_epoch)
-            consumed = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            # without a fitting trainer (a loader iterated by hand) every delivered batch counts
+            epoch = pos.epoch
+            consumed = pos.consumed if self._fitting_trainer() is None else min(pos.processed, pos.consumed)
+        elif pos.resume is not None:
+            epoch, consumed = pos.resume
         else:
-            epoch, consumed = pos.next_epoch, 0
+            epoch = self._trainer_epoch()
+            epoch, consumed = (pos.next_epoch if epoch is None else epoch), 0
         if consumed >= self.steps_per_epoch:
             epoch, consumed = epoch + 1, 0
         return {
@@ -394,62 +417,27 @@ class _PairDataModule(pl.LightningDataModule, ABC):
         self.skipped = int(state_dict.get("skipped", 0))
 
 
-_COMMON_DOC = """
+_PairDataModule = PairDataModule  # the name before the options were documented on the base class
+
+
+class _SingleSourceDataModule(PairDataModule):
+    """One shard set per split.
+
     Args:
-        train_urls / val_urls: shard urls (brace expansion, ``pipe:``, lists, a directory of ``*.tar`` or a glob).
+        train_urls: training shards (brace expansion, ``pipe:``, lists, a directory of ``*.tar``, a glob, an index.json).
+        val_urls: validation shards, read in a fixed order.
         test_urls: shards of ``trainer.test`` / ``trainer.predict`` (default: ``val_urls``), read like validation.
-        batch_size: in-context examples per batch (per rank).
-        num_context: k context pairs per example; an int, or ``[k_min, k_max]`` drawn per batch.
-        val_num_context: fixed k for validation and test (default: the largest training k).
-        steps_per_epoch: training batches per rank per epoch (the stream resamples shards endlessly).
-        val_batches: validation (and test) batches per rank; ``None`` counts what every rank can form and
-            truncates.
-        num_workers: DataLoader workers per rank.
-        seed: root of every shard/shuffle/k draw (derived per epoch, rank and worker).
-        shuffle_buffer: sample shuffle buffer of each training worker.
-        task_weights: ``{task: weight}``: relative frequency of tasks (thinning; 0 drops a task).
-        max_skipped: bad samples tolerated per rank before the run stops (``None``: no limit).
-        pin_memory, prefetch_factor: DataLoader options.
-"""
-
-# the options every public DataModule passes on to _PairDataModule unchanged
-_COMMON_ARGS = (
-    "batch_size",
-    "num_context",
-    "val_num_context",
-    "steps_per_epoch",
-    "val_batches",
-    "num_workers",
-    "seed",
-    "shuffle_buffer",
-    "task_weights",
-    "max_skipped",
-    "pin_memory",
-    "prefetch_factor",
-)
-
-
-def _common_args(args: dict[str, Any]) -> dict[str, Any]:
-    """The shared options out of a public constructor's ``locals()``."""
-    return {name: args[name] for name in _COMMON_ARGS}
-
-
-class _SingleSourceDataModule(_PairDataModule):
-    """One shard set per split (``train_urls``, ``val_urls``, ``test_urls`` defaulting to ``val_urls``)."""
+    """
 
     _source_name = "image"
 
-    def __init__(self, train_urls: Urls | None, val_urls: Urls | None, test_urls: Urls | None, **common: Any):
-        super().__init__(**common)
+    def __init__(self, train_urls: Urls | None = None, val_urls: Urls | None = None, test_urls: Urls | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
         self.train_urls, self.val_urls, self.test_urls = train_urls, val_urls, test_urls
 
-    def _split_urls(self, split: str) -> Urls | None:
-        if split == "test" and self.test_urls is None:
-            return self.val_urls
-        return getattr(self, f"{split}_urls")
-
     def _sources(self, split: str) -> list[Source]:
-        urls = self._split_urls(split)
+        urls = self.val_urls if split == "test" and self.test_urls is None else getattr(self, f"{split}_urls")
         if urls is None:
             return []
         what = f"{'val' if split == 'test' and self.test_urls is None else split}_urls"
@@ -461,33 +449,15 @@ class _SingleSourceDataModule(_PairDataModule):
 
 
 class ImagePairDataModule(_SingleSourceDataModule):
-    __doc__ = (
-        "In-context batches of image pairs (``T = 1``).\n"
-        + _COMMON_DOC
-        + "        size: resize (short side) + center-crop to ``size x size`` (a multiple of 16); None keeps the stored size.\n"
-    )
+    """In-context batches of image pairs (``T = 1``).
 
-    def __init__(
-        self,
-        train_urls: Urls | None = None,
-        val_urls: Urls | None = None,
-        test_urls: Urls | None = None,
-        *,
-        batch_size: int = 8,
-        num_context: NumContext = 2,
-        val_num_context: int | None = None,
-        steps_per_epoch: int = 1000,
-        val_batches: int | None = None,
-        size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 1000,
-        task_weights: dict[str, float] | None = None,
-        max_skipped: int | None = 100,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
-    ):
-        super().__init__(train_urls, val_urls, test_urls, **_common_args(locals()))
+    Args:
+        size: resize (short side) + center-crop to ``size x size`` (a multiple of 16); ``None`` keeps the stored size.
+    """
+
+    def __init__(self, train_urls: Urls | None = None, val_urls: Urls | None = None, test_urls: Urls | None = None,
+                 *, size: int | None = None, **kwargs: Any):
+        super().__init__(train_urls, val_urls, test_urls, **kwargs)
         self.size = _check_size(size)
 
     def _decoder(self) -> PixelDecoder:
@@ -495,55 +465,46 @@ class ImagePairDataModule(_SingleSourceDataModule):
 
 
 class VideoPairDataModule(_SingleSourceDataModule):
-    __doc__ = (
-        "In-context batches of clip pairs (``T = 1 + 4k``).\n"
-        + _COMMON_DOC
-        + "        size: resize + center-crop every frame to ``size x size`` (multiple of 16).\n"
-        + "        frames: keep the first ``frames`` frames (1 + 4k); shorter clips are skipped and counted.\n"
-    )
+    """In-context batches of clip pairs (``T = 1 + 4k``).
+
+    Args:
+        batch_size: in-context examples per batch (per rank).
+        num_context: k context pairs per example; an int, or ``[k_min, k_max]`` drawn per batch.
+        shuffle_buffer: sample shuffle buffer of each training worker.
+        size: resize + center-crop every frame to ``size x size`` (a multiple of 16).
+        frames: keep the first ``frames`` frames (1 + 4k); shorter clips are skipped and counted.
+    """
 
     _source_name = "video"
 
-    def __init__(
-        self,
-        train_urls: Urls | None = None,
-        val_urls: Urls | None = None,
-        test_urls: Urls | None = None,
-        *,
-        batch_size: int = 2,
-        num_context: NumContext = 1,
-        val_num_context: int | None = None,
-        steps_per_epoch: int = 1000,
-        val_batches: int | None = None,
-        size: int | None = None,
-        frames: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 256,
-        task_weights: dict[str, float] | None = None,
-        max_skipped: int | None = 100,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
-    ):
-        super().__init__(train_urls, val_urls, test_urls, **_common_args(locals()))
-        self.size = _check_size(size)
-        self.frames = _check_frames(frames)
+    def __init__(self, train_urls: Urls | None = None, val_urls: Urls | None = None, test_urls: Urls | None = None,
+                 *, batch_size: int = 2, num_context: NumContext = 1, shuffle_buffer: int = 256,
+                 size: int | None = None, frames: int | None = None, **kwargs: Any):
+        super().__init__(train_urls, val_urls, test_urls, batch_size=batch_size, num_context=num_context,
+                         shuffle_buffer=shuffle_buffer, **kwargs)
+        self.size, self.frames = _check_size(size), _check_frames(frames)
 
     def _decoder(self) -> PixelDecoder:
         return PixelDecoder("video", self.size, self.frames)
 
 
-class MixtureDataModule(_PairDataModule):
-    __doc__ = (
-        "Image and clip pairs in one stream; each batch is all images or all clips, drawn by weight.\n"
-        + _COMMON_DOC
-        + "        image_train_urls / video_train_urls / image_val_urls / video_val_urls: the two shard sets.\n"
-        + "        image_test_urls / video_test_urls: test shards (default: the validation ones).\n"
-        + "        image_weight, video_weight: probability weights of drawing an image / clip batch.\n"
-        + "        video_batch_size: examples per clip batch (default: batch_size).\n"
-        + "        size, frames: as in the image / video modules.\n"
-        + "    Validation and test yield the image batches, then the clip batches (val_batches is split between them).\n"
-    )
+class MixtureDataModule(PairDataModule):
+    """Image and clip pairs in one stream; each batch is all images or all clips, drawn by weight. Validation and
+    test yield the image batches, then the clip batches (``val_batches`` is split between them).
+
+    Args:
+        image_train_urls: image shards for training.
+        video_train_urls: clip shards for training.
+        image_val_urls: image shards for validation.
+        video_val_urls: clip shards for validation.
+        image_test_urls: image test shards (default: the validation ones).
+        video_test_urls: clip test shards (default: the validation ones).
+        image_weight: probability weight of drawing an image batch.
+        video_weight: probability weight of drawing a clip batch.
+        video_batch_size: examples per clip batch (default: ``batch_size``).
+        size: resize + center-crop images and frames to ``size x size`` (a multiple of 16).
+        frames: keep the first ``frames`` frames of clips (1 + 4k); shorter clips are skipped and counted.
+    """
 
     def __init__(
         self,
@@ -556,23 +517,12 @@ class MixtureDataModule(_PairDataModule):
         *,
         image_weight: float = 1.0,
         video_weight: float = 1.0,
-        batch_size: int = 8,
         video_batch_size: int | None = None,
-        num_context: NumContext = 2,
-        val_num_context: int | None = None,
-        steps_per_epoch: int = 1000,
-        val_batches: int | None = None,
         size: int | None = None,
         frames: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 1000,
-        task_weights: dict[str, float] | None = None,
-        max_skipped: int | None = 100,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
+        **kwargs: Any,
     ):
-        super().__init__(**_common_args(locals()))
+        super().__init__(**kwargs)
         if image_weight < 0 or video_weight < 0 or image_weight + video_weight <= 0:
             raise ValueError(
                 f"image_weight/video_weight must be >= 0 and not both 0, got {image_weight}, {video_weight}"
@@ -587,7 +537,7 @@ class MixtureDataModule(_PairDataModule):
         }
         self.test_urls_given = (image_test_urls is not None, video_test_urls is not None)
         self.weights = (image_weight, video_weight)
-        self.video_batch_size = video_batch_size or batch_size
+        self.video_batch_size = video_batch_size or self.batch_size
         self.size = _check_size(size)
         self.frames = _check_frames(frames)
 
@@ -611,42 +561,23 @@ class MixtureDataModule(_PairDataModule):
 
 
 class LatentPairDataModule(_SingleSourceDataModule):
-    __doc__ = (
-        "In-context batches of pre-encoded latent pairs (``<key>.input.npy`` / ``<key>.target.npy`` float16\n"
-        "    ``[C, t, h, w]`` + json recording the VAE); batches hold float32 ``[B, N, C, t, h, w]`` and\n"
-        '    ``"latents": True``. Latents of one batch must share their shape (one resolution per shard set).\n'
-        + _COMMON_DOC
-        + "        latent_shift, latent_scale: applied as ``(z - shift) * scale`` (identity by default: the\n"
-        + "            shards written by ``lavinkit encode`` are already normalised).\n"
-        + "        vae: if set, every sample's json ``vae`` entry must name this VAE.\n"
-    )
+    """In-context batches of pre-encoded latent pairs (``<key>.input.npy`` / ``<key>.target.npy`` float16
+    ``[C, t, h, w]`` + json recording the VAE); batches hold float32 ``[B, N, C, t, h, w]`` and ``"latents": True``.
+    Latents of one batch must share their shape (one resolution per shard set).
+
+    Args:
+        latent_shift: applied as ``(z - shift) * scale`` (identity by default: the shards written by
+            ``lavinkit encode`` are already normalised).
+        latent_scale: see ``latent_shift``.
+        vae: if set, every sample's json ``vae`` entry must name this VAE.
+    """
 
     latents = True
     _source_name = "latent"
 
-    def __init__(
-        self,
-        train_urls: Urls | None = None,
-        val_urls: Urls | None = None,
-        test_urls: Urls | None = None,
-        *,
-        batch_size: int = 8,
-        num_context: NumContext = 2,
-        val_num_context: int | None = None,
-        steps_per_epoch: int = 1000,
-        val_batches: int | None = None,
-        latent_shift: float = 0.0,
-        latent_scale: float = 1.0,
-        vae: str | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 1000,
-        task_weights: dict[str, float] | None = None,
-        max_skipped: int | None = 100,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
-    ):
-        super().__init__(train_urls, val_urls, test_urls, **_common_args(locals()))
+    def __init__(self, train_urls: Urls | None = None, val_urls: Urls | None = None, test_urls: Urls | None = None,
+                 *, latent_shift: float = 0.0, latent_scale: float = 1.0, vae: str | None = None, **kwargs: Any):
+        super().__init__(train_urls, val_urls, test_urls, **kwargs)
         self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
 
     def _decoder(self) -> LatentDecoder:
@@ -654,17 +585,14 @@ class LatentPairDataModule(_SingleSourceDataModule):
 
 
 class LatentMixtureDataModule(MixtureDataModule):
-    __doc__ = (
-        "Image and clip latent shards (``lavinkit encode``) in one stream; each batch is all image latents or all\n"
-        "    clip latents, drawn by weight. Batches are those of ``LatentPairDataModule`` (``\"latents\": True``).\n"
-        + _COMMON_DOC
-        + "        image_train_urls / video_train_urls / image_val_urls / video_val_urls: the two latent shard sets.\n"
-        + "        image_test_urls / video_test_urls: test shards (default: the validation ones).\n"
-        + "        image_weight, video_weight: probability weights of drawing an image / clip batch.\n"
-        + "        video_batch_size: examples per clip batch (default: batch_size).\n"
-        + "        latent_shift, latent_scale, vae: as in ``LatentPairDataModule``.\n"
-        + "    Validation and test yield the image batches, then the clip batches (val_batches is split between them).\n"
-    )
+    """Image and clip latent shards (``lavinkit encode``) in one stream; each batch is all image latents or all clip
+    latents, drawn by weight. Batches are those of ``LatentPairDataModule`` (``"latents": True``).
+
+    Args:
+        latent_shift: applied as ``(z - shift) * scale`` (identity by default).
+        latent_scale: see ``latent_shift``.
+        vae: if set, every sample's json ``vae`` entry must name this VAE.
+    """
 
     latents = True
 
@@ -677,30 +605,13 @@ class LatentMixtureDataModule(MixtureDataModule):
         image_test_urls: Urls | None = None,
         video_test_urls: Urls | None = None,
         *,
-        image_weight: float = 1.0,
-        video_weight: float = 1.0,
-        batch_size: int = 8,
-        video_batch_size: int | None = None,
-        num_context: NumContext = 2,
-        val_num_context: int | None = None,
-        steps_per_epoch: int = 1000,
-        val_batches: int | None = None,
         latent_shift: float = 0.0,
         latent_scale: float = 1.0,
         vae: str | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        shuffle_buffer: int = 1000,
-        task_weights: dict[str, float] | None = None,
-        max_skipped: int | None = 100,
-        pin_memory: bool = False,
-        prefetch_factor: int | None = None,
+        **kwargs: Any,
     ):
-        super().__init__(
-            image_train_urls, video_train_urls, image_val_urls, video_val_urls, image_test_urls, video_test_urls,
-            image_weight=image_weight, video_weight=video_weight, video_batch_size=video_batch_size,
-            **_common_args(locals()),
-        )  # fmt: skip
+        super().__init__(image_train_urls, video_train_urls, image_val_urls, video_val_urls, image_test_urls,
+                         video_test_urls, size=None, frames=None, **kwargs)
         self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
 
     def _modality_decoder(self, modality: str) -> LatentDecoder:

@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from lavinkit.data.media import encode_image, read_video_file
-from lavinkit.data.pack import PairShardWriter, write_index
 from lavinkit.data.schema import is_valid_frames, make_sample
+from lavinkit.data.shards import PairShardWriter, write_index
 
 # --------------------------------------------------------------------------------------------- transforms
 # Every transform maps a uint8 [T, H, W, 3] source (T = 1 for images) and a numpy Generator to
@@ -370,6 +370,7 @@ def build_demo(
     clip_ext: str = "mp4",
     samples_per_shard: int | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Build the demo data set; returns ``out_dir``.
 
@@ -390,6 +391,7 @@ def build_demo(
         samples_per_shard: shard size (default: about a quarter of the split's pairs per modality,
             at most 1000, so each split has ~4 shards per modality for workers/ranks to share).
         seed: the same seed and arguments give byte-identical shards.
+        progress: show a progress bar with an ETA per split and modality.
     """
     if image_size <= 0 or image_size % 16:
         raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
@@ -397,6 +399,8 @@ def build_demo(
         raise ValueError(f"clip_frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {clip_frames}")
     if image_ext not in ("png", "jpg", "jpeg", "webp") or clip_ext not in ("mp4", "npy"):
         raise ValueError(f"image_ext must be png/jpg/webp and clip_ext mp4/npy, got {image_ext!r}, {clip_ext!r}")
+    from tqdm.auto import tqdm
+
     out_dir = Path(out_dir)
     counts = {
         "train": {"image": image_pairs_per_task, "video": clip_pairs_per_task},
@@ -416,7 +420,7 @@ def build_demo(
             order = np.random.default_rng([seed, 0 if split == "train" else 1, len(jobs)]).permutation(len(jobs))
             maxcount = samples_per_shard or min(1000, max(1, math.ceil(len(jobs) / 4)))
             with PairShardWriter(out_dir / split, prefix, maxcount=maxcount) as writer:
-                for j in order:
+                for j in tqdm(order, desc=f"{split} {prefix}", unit="pair", disable=not progress):
                     task, i = jobs[j]
                     inp, tgt, meta = make_pair(task, split, i, size=image_size, frames=clip_frames, seed=seed)
                     used_sources[split].add(meta["source"])

@@ -12,7 +12,7 @@ Policy (seeded, without replacement, task-homogeneous):
   k does not waste pairs; buffers keep the pairs they hold between batches.
 * A task that cannot fill ``n`` distinct pairs (fewer pairs than k + 1) is detected: after
   ``starve_limit`` duplicates arrive for a task without it ever reaching ``n`` pairs, or when a finite
-  stream ends with no example at all, :class:`~lavinkit.data.pipeline.DataStreamError` names the task.
+  stream ends with no example at all, :class:`~lavinkit.data.schema.DataStreamError` names the task.
 * Task weights thin the stream before grouping: a pair of task t is kept with probability
   ``w_t / max(w)`` (a task missing from the mapping has weight 1; weight 0 removes the task).
 
@@ -25,7 +25,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
-from lavinkit.data.pipeline import DataStreamError, RawPair
+from lavinkit.data.schema import DataStreamError, RawPair
 
 NumContext = int | tuple[int, int]
 

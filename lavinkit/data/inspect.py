@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lavinkit.data.schema import SampleError, decode_pair
-from lavinkit.data.validate import expand_shard_urls, iter_raw_samples
+from lavinkit.data.schema import SampleError, check_raw, decode_pair
+from lavinkit.data.shards import resolve_urls
+from lavinkit.data.validate import read_shard
 
 
 @dataclass
@@ -54,26 +55,22 @@ def inspect_shards(urls: str | Sequence[str], *, pairs_per_task: int = 4) -> Ins
     """Count pairs per task and keep the first ``pairs_per_task`` decodable pairs of each task.
 
     Only the kept pairs are decoded; the rest are counted from their json. Unreadable samples or
-    shards are listed in ``errors`` (use ``lavinkit data validate`` for a full check).
+    shards (missing ones too) are listed in ``errors`` (use ``lavinkit data validate`` for a full check).
     """
-    import json
-
     summaries: dict[str, TaskSummary] = {}
     errors: list[str] = []
     samples = 0
-    for url in expand_shard_urls(urls):
-        for sample, problem in iter_raw_samples(url):
+    for url in resolve_urls(urls, what="inspect", must_exist=False):
+        for sample, problem in read_shard(url):
             if problem is not None:
                 errors.append(str(problem))
                 continue
             try:
-                meta = json.loads(sample["json"]) if "json" in sample else None
-                task = meta["task"] if isinstance(meta, dict) and isinstance(meta.get("task"), str) else None
-            except (ValueError, TypeError):
-                task = None
-            if task is None:
-                errors.append(f"{url} [{sample['__key__']}]: no readable json task")
+                meta = check_raw(sample).meta
+            except SampleError as err:
+                errors.append(str(err))
                 continue
+            task = meta["task"]
             samples += 1
             s = summaries.setdefault(task, TaskSummary(task))
             s.count += 1

@@ -9,150 +9,37 @@ Videos: a folder of video files cut into clips of ``frames`` = 1 + 4k frames eve
 either paired (``NAME_input.mp4`` + ``NAME_target.mp4``) or with the input made from each video by a
 named, seeded transform of :data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
 
-Next to the shards goes ``index.json``::
-
-    {"format": "lavinkit-pairs", "version": 1, "num_samples": N,
-     "tasks": {"<task>": {"modality": "image"|"video", "count": n, "frames": [..], "sizes": [[H, W], ..]}},
-     "shards": [{"url": "images-000000.tar", "modality": "image", "samples": n, "bytes": b,
-                 "tasks": {"<task>": n}, "frames": [..], "sizes": [[H, W], ..]}]}
-
-Shard urls in the index are relative to the folder holding it. Shards are byte-reproducible: tar
-members get a fixed mtime and samples are written in a deterministic order.
+Next to the shards goes ``index.json`` (format: :mod:`lavinkit.data.shards`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from lavinkit.data.demo import TASKS
 from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, read_video_file
 from lavinkit.data.schema import is_valid_frames, make_sample, sanitize_key
-
-INDEX_NAME = "index.json"
-FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed (and an int: a float adds a pax header per member)
-DEFAULT_MAXCOUNT = 1000
-DEFAULT_MAXSIZE = 256e6
+from lavinkit.data.shards import (  # noqa: F401 - the writer and the index live with the reader
+    DEFAULT_MAXCOUNT,
+    DEFAULT_MAXSIZE,
+    FIXED_MTIME,
+    INDEX_NAME,
+    PairShardWriter,
+    index_urls,
+    read_index,
+    write_index,
+)
 
 
 class PackError(ValueError):
     """Input that cannot be packed; the message names the files or option at fault."""
 
 
-class PairShardWriter:
-    """``webdataset.ShardWriter`` that records what each shard holds, for ``index.json``.
-
-    Args:
-        out_dir: folder for the shards.
-        prefix: shard names are ``<prefix>-%06d.tar``.
-        maxcount, maxsize: start a new shard after this many samples / bytes.
-        mtime: tar member mtime (fixed by default: reproducible bytes).
-
-    The underlying writer is opened on the first sample, so writing nothing leaves no empty shard.
-    """
-
-    def __init__(self, out_dir: str | Path, prefix: str, *, maxcount: int = DEFAULT_MAXCOUNT,
-                 maxsize: float = DEFAULT_MAXSIZE, mtime: int = FIXED_MTIME):
-        if maxcount < 1:
-            raise PackError(f"maxcount must be >= 1, got {maxcount}")
-        self.out_dir = Path(out_dir)
-        self.prefix = prefix
-        self.maxcount, self.maxsize, self.mtime = maxcount, maxsize, mtime
-        self._writer = None
-        self.shards: dict[str, dict] = {}
-
-    def write(self, sample: dict) -> None:
-        """Write one sample (from :func:`lavinkit.data.schema.make_sample`, or any sample whose json has
-        ``"task"``; ``modality``/``frames``/``height``/``width`` go to the index when present)."""
-        import webdataset as wds
-
-        if self._writer is None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            pattern = str(self.out_dir / f"{self.prefix}-%06d.tar")
-            self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount, maxsize=self.maxsize, verbose=0,
-                                           mtime=self.mtime)
-        self._writer.write(sample)
-        meta = json.loads(sample["json"])
-        name = Path(self._writer.fname).name
-        modality = meta.get("modality", "unknown")
-        rec = self.shards.setdefault(name, {"url": name, "modality": modality, "samples": 0, "bytes": 0,
-                                            "tasks": {}, "frames": [], "sizes": []})
-        rec["samples"] += 1
-        rec["tasks"][meta["task"]] = rec["tasks"].get(meta["task"], 0) + 1
-        if "frames" in meta and meta["frames"] not in rec["frames"]:
-            rec["frames"].append(meta["frames"])
-        if "height" in meta and [meta["height"], meta["width"]] not in rec["sizes"]:
-            rec["sizes"].append([meta["height"], meta["width"]])
-        if rec["modality"] != modality:
-            rec["modality"] = "mixed"
-
-    def close(self) -> list[dict]:
-        """Close the last shard; returns the shard records (with file sizes)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        for rec in self.shards.values():
-            rec["bytes"] = os.path.getsize(self.out_dir / rec["url"])
-            rec["frames"].sort()
-            rec["sizes"].sort()
-        return list(self.shards.values())
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def write_index(out_dir: str | Path, shards: Iterable[dict]) -> Path:
-    """Write ``out_dir/index.json`` from shard records (see the module docstring for the format)."""
-    out_dir = Path(out_dir)
-    shards = sorted(shards, key=lambda r: r["url"])
-    tasks: dict[str, dict] = {}
-    for rec in shards:
-        for task, n in rec["tasks"].items():
-            t = tasks.setdefault(task, {"modality": rec["modality"], "count": 0, "frames": [], "sizes": []})
-            t["count"] += n
-            if t["modality"] != rec["modality"]:
-                t["modality"] = "mixed"
-            t["frames"] = sorted(set(t["frames"]) | set(rec["frames"]))
-            t["sizes"] = sorted({tuple(s) for s in t["sizes"]} | {tuple(s) for s in rec["sizes"]})
-    for t in tasks.values():
-        t["sizes"] = [list(s) for s in t["sizes"]]
-    index = {"format": "lavinkit-pairs", "version": 1, "num_samples": sum(r["samples"] for r in shards),
-             "tasks": dict(sorted(tasks.items())), "shards": shards}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / INDEX_NAME
-    path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-    return path
-
-
-def read_index(path: str | Path) -> dict:
-    """Load an ``index.json`` (``path`` is the file or the folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no shard index at {path}")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path}: not a lavinkit shard index (no 'shards' list)")
-    return index
-
-
-def index_urls(path: str | Path, modality: str | None = None) -> list[str]:
-    """Absolute shard paths listed in an index, optionally only those of one modality ("image"/"video")."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    return [str(folder / rec["url"]) for rec in read_index(path)["shards"]
-            if modality is None or rec["modality"] == modality]
+class PackOptionError(PackError):
+    """A bad option value or a path that does not exist (a usage error: ``lavinkit data pack`` exits 2)."""
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -244,6 +131,7 @@ def pack_task_folders(
     prefix: str = "images",
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: float = DEFAULT_MAXSIZE,
+    progress: bool = False,
 ) -> Path:
     """Pack ``root/<task>/NAME_input.* + NAME_target.*`` image pairs into shards; returns the index path.
 
@@ -254,24 +142,25 @@ def pack_task_folders(
             inputs and targets must already be the same size with sides multiples of 16.
         image_ext: png (lossless), jpg or webp in the shards.
         prefix, maxcount, maxsize: shard naming and size (see :class:`PairShardWriter`).
+        progress: show a progress bar with an ETA.
 
     Samples are written round-robin over tasks (so each shard mixes tasks); keys are ``<task>-<NAME>``.
     """
     root = Path(root)
     if not root.is_dir():
-        raise PackError(f"task folder root not found: {root}")
+        raise PackOptionError(f"task folder root not found: {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if tasks:
         missing = sorted(set(tasks) - {p.name for p in folders})
         if missing:
-            raise PackError(f"task folders not found under {root}: {missing}")
+            raise PackOptionError(f"task folders not found under {root}: {missing}")
         folders = [p for p in folders if p.name in tasks]
     per_task = {f.name: find_pairs(f, IMAGE_EXTS) for f in folders}
     per_task = {t: p for t, p in per_task.items() if p}
     if not per_task:
         raise PackError(f"no NAME_input.<ext> / NAME_target.<ext> pairs found under {root}/<task>/")
     if size is not None and (size <= 0 or size % 16):
-        raise PackError(f"--size must be a positive multiple of 16, got {size}")
+        raise PackOptionError(f"--size must be a positive multiple of 16, got {size}")
     order = _round_robin({t: [(t, *p) for p in pairs] for t, pairs in per_task.items()})
     if size is None:
         bad = []
@@ -284,8 +173,10 @@ def pack_task_folders(
                             "resize and crop):\n  " + "\n  ".join(bad))
     writer = PairShardWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
     keys: set[str] = set()
+    from tqdm.auto import tqdm
+
     with writer:
-        for task, name, in_path, tgt_path in order:
+        for task, name, in_path, tgt_path in tqdm(order, desc="lavinkit data pack", unit="pair", disable=not progress):
             inp, tgt = _load_image(in_path), _load_image(tgt_path)
             if size is not None:
                 inp, tgt = square_resize(inp[None], size)[0], square_resize(tgt[None], size)[0]
@@ -330,6 +221,7 @@ def pack_videos(
     prefix: str = "videos",
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: float = DEFAULT_MAXSIZE,
+    progress: bool = False,
 ) -> Path:
     """Cut videos into clip pairs and pack them; returns the index path.
 
@@ -345,31 +237,32 @@ def pack_videos(
             center-cropped to multiples of 16.
         clip_ext: mp4 (H.264) or npy (lossless).
         seed: seed of the transform (each clip gets its own stream from ``(seed, video, window)``).
+        progress: show a progress bar (videos) with an ETA.
     """
+    from tqdm.auto import tqdm
+
     videos = Path(videos)
     if not videos.is_dir():
-        raise PackError(f"video folder not found: {videos}")
+        raise PackOptionError(f"video folder not found: {videos}")
     if not is_valid_frames(frames) or frames < 5:
-        raise PackError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
+        raise PackOptionError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
     if size is not None and (size <= 0 or size % 16):
-        raise PackError(f"--size must be a positive multiple of 16, got {size}")
+        raise PackOptionError(f"--size must be a positive multiple of 16, got {size}")
     stride = stride or frames
     if stride < 1:
-        raise PackError(f"--stride must be >= 1, got {stride}")
+        raise PackOptionError(f"--stride must be >= 1, got {stride}")
     writer = PairShardWriter(out_dir, prefix, maxcount=maxcount, maxsize=maxsize)
     with writer:
         if transform is not None:
-            from lavinkit.data.demo import TASKS
-
             if transform not in TASKS:
-                raise PackError(f"unknown --transform {transform!r}; choose from {sorted(TASKS)}")
+                raise PackOptionError(f"unknown --transform {transform!r}; choose from {sorted(TASKS)}")
             spec = TASKS[transform]
             task = task or transform
             files = sorted(p for p in videos.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in VIDEO_FILE_EXTS)
             if not files:
                 raise PackError(f"no video files ({', '.join(VIDEO_FILE_EXTS)}) in {videos}")
             need = frames + spec.extra_frames(frames)
-            for vi, path in enumerate(files):
+            for vi, path in enumerate(tqdm(files, desc="lavinkit data pack", unit="video", disable=not progress)):
                 clip = _prepare_video(path, size)
                 for wi, start in enumerate(range(0, len(clip) - need + 1, stride)):
                     rng = np.random.default_rng([seed, vi, wi])
@@ -380,8 +273,9 @@ def pack_videos(
                     writer.write(make_sample(key, task, inp, tgt, clip_ext=clip_ext, meta=meta))
         else:
             if not task:
-                raise PackError("paired videos need --task NAME (or give --transform to make inputs)")
-            for name, in_path, tgt_path in find_pairs(videos, VIDEO_FILE_EXTS):
+                raise PackOptionError("paired videos need --task NAME (or give --transform to make inputs)")
+            pairs = find_pairs(videos, VIDEO_FILE_EXTS)
+            for name, in_path, tgt_path in tqdm(pairs, desc="lavinkit data pack", unit="video", disable=not progress):
                 inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
                 if inp.shape[1:] != tgt.shape[1:]:
                     raise PackError(f"{in_path} ({inp.shape[1]}x{inp.shape[2]}) and {tgt_path} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,80 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lavinkit.data.shards import (  # noqa: F401 - re-exported: the stages of one stream
-    SkipLog,
-    TarFormatError,
-    find_index,
-    raw_samples,
-    resolve_urls,
-    shard_samples,
-    tar_members,
-    task_counts_from_index,
-)
+from lavinkit.data.incontext import TaskGrouper, draw_num_context
+from lavinkit.data.media import decode_media
+from lavinkit.data.schema import DataStreamError, RawPair, SampleError, check_raw, shape_problems
+from lavinkit.data.shards import SkipLog, raw_samples, resolve_urls  # noqa: F401 - resolve_urls: re-exported
+from lavinkit.seeding import derive_rng, derive_seed  # noqa: F401 - re-exported
 
 SKIP_FIELD = "__lavinkit_skipped__"
 ERROR_FIELD = "__lavinkit_error__"
 
 
-class DataStreamError(RuntimeError):
-    """The data stream cannot go on (too many bad samples, a task too small for k+1 pairs, no data)."""
-
-
-# --------------------------------------------------------------------------------------------- seeds
-
-
-def derive_rng(*parts: Any) -> random.Random:
-    """A ``random.Random`` seeded from ``parts`` (string seeding hashes with sha512: stable across processes)."""
-    return random.Random("/".join(str(p) for p in parts))
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit integer seed derived from ``parts``."""
-    return derive_rng(*parts).getrandbits(63)
-
-
-@dataclass
-class RawPair:
-    """A checked, undecoded pair: the raw sample plus its parsed metadata."""
-
-    sample: dict
-    key: str
-    task: str
-    meta: dict
-    members: tuple[str, str] = ("input", "target")
-
-    @property
-    def url(self) -> str:
-        return self.sample.get("__url__", "<unknown shard>")
-
-
-def check_raw(sample: dict) -> RawPair:
-    """Check what can be checked without decoding: key, members, json with a task.
-
-    Raises:
-        lavinkit.data.schema.SampleError: naming shard and key.
-    """
-    from lavinkit.data.schema import MEMBERS, SampleError, key_problem, parse_meta, split_members
-
-    key, url = sample.get("__key__", "?"), sample.get("__url__")
-    problem = key_problem(key)
-    if problem:
-        raise SampleError(problem, url=url, key=key, kind="bad-key")
-    found, _ = split_members(sample)
-    for member in MEMBERS:
-        if len(found[member]) != 1:
-            what = "missing member" if not found[member] else "more than one member"
-            raise SampleError(f"{what} {member}.<ext>", url=url, key=key, kind="missing-member")
-    meta = parse_meta(sample, url, key)
-    return RawPair(
-        sample=sample, key=key, task=meta["task"], meta=meta, members=(found["input"][0], found["target"][0])
-    )
-
-
 def checked_pairs(samples: Iterable[dict], log: SkipLog) -> Iterator[RawPair]:
     """Raw samples -> :class:`RawPair`; samples failing :func:`check_raw` are counted and skipped."""
-    from lavinkit.data.schema import SampleError
-
     for sample in samples:
         try:
             yield check_raw(sample)
@@ -144,9 +81,6 @@ class PixelDecoder:
     frames: int | None = None
 
     def __call__(self, pair: RawPair) -> tuple[torch.Tensor, torch.Tensor]:
-        from lavinkit.data.media import decode_media
-        from lavinkit.data.schema import SampleError, shape_problems
-
         tensors = []
         for name in pair.members:
             ext = name.split(".", 1)[1].lower() if "." in name else ""
@@ -195,8 +129,6 @@ class LatentDecoder:
     modality: str = "latent"
 
     def __call__(self, pair: RawPair) -> tuple[torch.Tensor, torch.Tensor]:
-        from lavinkit.data.schema import SampleError
-
         if self.vae is not None:
             rec = pair.meta.get("vae")
             name = rec.get("name", rec.get("path")) if isinstance(rec, dict) else rec
@@ -390,8 +322,6 @@ class PairStream(torch.utils.data.IterableDataset):
     def _train_grouper(self, src: Source, role: int, log: SkipLog) -> Any:
         import webdataset as wds
 
-        from lavinkit.data.incontext import TaskGrouper
-
         parts = (self.seed, src.name, self.epoch, self.rank, role)
         shards = wds.ResampledShards(
             src.urls, seed=derive_seed("shards", *parts), deterministic=True, worker_seed=lambda: 0
@@ -429,8 +359,6 @@ class PairStream(torch.utils.data.IterableDataset):
         yield from checked_pairs(samples, log)
 
     def _val_grouper(self, src: Source, unit: int, units: int, log: SkipLog, *, cycle: bool) -> Any:
-        from lavinkit.data.incontext import TaskGrouper
-
         def passes():
             while True:
                 produced = False
@@ -463,8 +391,6 @@ class PairStream(torch.utils.data.IterableDataset):
     # ---- batches
 
     def _make_batch(self, grouper: Any, src: Source, n: int, log: SkipLog, *, decode: bool) -> dict | None:
-        from lavinkit.data.schema import SampleError
-
         examples: list[list[RawPair]] = []
         decoded: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         shape = None
@@ -528,8 +454,6 @@ class PairStream(torch.utils.data.IterableDataset):
             yield {ERROR_FIELD: str(err), SKIP_FIELD: log.delta()}
 
     def _iter_train(self, log: SkipLog) -> Iterator[dict]:
-        from lavinkit.data.incontext import draw_num_context
-
         worker, workers = _worker_split()
         c, total = self.skip, int(self.num_batches)
         role = (c + worker) % workers

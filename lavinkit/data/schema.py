@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -220,6 +221,135 @@ def parse_meta(sample: dict, url: str | None = None, key: str = "?") -> dict:
     return meta
 
 
+class DataStreamError(RuntimeError):
+    """The data stream cannot go on (too many bad samples, a task too small for k+1 pairs, no data)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a shard or sample: ``key`` is ``None`` for shard-level problems (kinds: ``lavinkit.data.validate``)."""
+
+    url: str
+    key: str | None
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.url if self.key is None else f"{self.url} [{self.key}]"
+        return f"{where}: {self.kind}: {self.message}"
+
+
+@dataclass
+class RawPair:
+    """A checked, undecoded pair: the raw sample, its parsed metadata and its input/target member names."""
+
+    sample: dict
+    key: str
+    task: str
+    meta: dict
+    members: tuple[str, str] = ("input", "target")
+
+    @property
+    def url(self) -> str:
+        return self.sample.get("__url__", "<unknown shard>")
+
+
+_KNOWN_SUFFIX = re.compile(r"^(?P<key>[^/]*?)\.(?P<suffix>(?:input|target)\.[A-Za-z0-9]+|json)$", re.IGNORECASE)
+# problems that do not make a sample unusable (extra members, tasks outside a given list, json fields that
+# disagree with the pixels): validate reports them, the streams and decode_pair go on
+_NOT_FATAL = ("unknown-member", "unknown-task", "meta-mismatch")
+
+
+def check_sample(sample: dict, *, decode: bool = True, check_shape: bool = True, tasks: set[str] | None = None,
+                 ) -> tuple[list[Problem], dict | None, dict[str, torch.Tensor]]:
+    """THE sample checker (training streams, ``lavinkit data validate``, ``inspect``, ``encode``, ``eval``).
+
+    Args:
+        sample: a raw sample ``{"__key__", "__url__", member: bytes}`` (members may be pre-decoded: ndarray, dict).
+        decode: also decode input and target and check their shapes (``False``: keys, members and json only).
+        check_shape: with ``decode``, require T = 1 + 4k and H, W multiples of 16.
+        tasks: known task names (``None``: any task).
+
+    Returns:
+        ``(problems, meta, decoded)``: every problem found, the parsed json (``None`` if unusable) and
+        ``{"input", "target"}`` uint8 ``[3, T, H, W]`` tensors that were decoded.
+    """
+    url, key = sample.get("__url__") or "<unknown shard>", sample.get("__key__", "?")
+    members = {k: v for k, v in sample.items() if not k.startswith("__")}
+    problems: list[Problem] = []
+
+    def add(kind: str, msg: str, k: str = key) -> None:
+        problems.append(Problem(url, k, kind, msg))
+
+    # a dot in the real key shows up as a suffix like "b.input.png" under key "a" (WebDataset splits at the first dot)
+    dotted: dict[str, list[str]] = {}
+    for suffix in list(members):
+        m = _KNOWN_SUFFIX.match(suffix)
+        if m and m["key"]:
+            dotted.setdefault(f"{key}.{m['key']}", []).append(f"{key}.{suffix}")
+            members.pop(suffix)
+    for real, files in dotted.items():
+        add("bad-key", f"key {real!r} contains a dot (WebDataset splits keys at the first dot); members {files}", real)
+    if not members:
+        return problems, None, {}
+    problem = key_problem(key)
+    if problem:
+        add("bad-key", problem)
+        return problems, None, {}
+    found, unknown = split_members(members)
+    for name in unknown:
+        add("unknown-member", f"member {key}.{name!r} is not input.<ext>, target.<ext> or json")
+    for member in MEMBERS:
+        if not found[member]:
+            add("missing-member", f"missing member {member}.<ext>")
+        elif len(found[member]) > 1:
+            add("duplicate-member", f"more than one {member} member: {sorted(found[member])}")
+    meta = None
+    try:
+        meta = parse_meta(members, url, key)
+        if tasks is not None and meta["task"] not in tasks:
+            add("unknown-task", f"task {meta['task']!r} is not one of the known tasks {sorted(tasks)}")
+    except SampleError as err:
+        add(err.kind, err.reason)
+    decoded: dict[str, torch.Tensor] = {}
+    if decode:
+        for member in MEMBERS:
+            if len(found[member]) == 1:
+                try:
+                    decoded[member] = decode_member(members, found[member][0], url, key)
+                except SampleError as err:
+                    add(err.kind, err.reason)
+        if len(decoded) == 2:
+            inp, tgt = decoded["input"], decoded["target"]
+            for kind, msg in shape_problems(inp, tgt, check_shape=check_shape):
+                add(kind, msg)
+            got = {"frames": inp.shape[1], "height": inp.shape[2], "width": inp.shape[3]}
+            wrong = [f"{k} {meta[k]} != {v}" for k, v in got.items() if meta and k in meta and meta[k] != v]
+            if wrong:
+                add("meta-mismatch", f"json disagrees with the input pixels: {', '.join(wrong)}")
+    return problems, meta, decoded
+
+
+def _raise_first(problems: list[Problem], sample: dict) -> None:
+    fatal = [p for p in problems if p.kind not in _NOT_FATAL]
+    if fatal:
+        p = fatal[0]
+        raise SampleError(p.message, url=sample.get("__url__"), key=p.key, kind=p.kind)
+
+
+def check_raw(sample: dict) -> RawPair:
+    """Check what can be checked without decoding (key, members, json with a task) with :func:`check_sample`.
+
+    Raises:
+        SampleError: the first problem, naming shard and key.
+    """
+    problems, meta, _ = check_sample(sample, decode=False)
+    _raise_first(problems, sample)
+    found, _ = split_members(sample)
+    return RawPair(sample=sample, key=sample["__key__"], task=meta["task"], meta=meta,
+                   members=(found["input"][0], found["target"][0]))
+
+
 def decode_pair(sample: dict, *, check_shape: bool = True) -> dict:
     """Decode a raw WebDataset sample (member name -> bytes) into a pair.
 
@@ -237,22 +367,6 @@ def decode_pair(sample: dict, *, check_shape: bool = True) -> dict:
         SampleError: naming the shard url and key (missing/duplicate member, bad key, undecodable
             file, json without task, different input/target shapes, bad frame count or size).
     """
-    key = sample.get("__key__", "?")
-    url = sample.get("__url__")
-    problem = key_problem(key)
-    if problem:
-        raise SampleError(problem, url=url, key=key, kind="bad-key")
-    found, _ = split_members(sample)
-    for member in MEMBERS:
-        if not found[member]:
-            raise SampleError(f"missing member {member}.<ext>", url=url, key=key, kind="missing-member")
-        if len(found[member]) > 1:
-            raise SampleError(f"more than one {member} member: {sorted(found[member])}", url=url, key=key,
-                              kind="duplicate-member")
-    meta = parse_meta(sample, url, key)
-    inp = decode_member(sample, found["input"][0], url, key)
-    tgt = decode_member(sample, found["target"][0], url, key)
-    problems = shape_problems(inp, tgt, check_shape=check_shape)
-    if problems:
-        raise SampleError("; ".join(msg for _, msg in problems), url=url, key=key, kind=problems[0][0])
-    return {"key": key, "task": meta["task"], "url": url, "input": inp, "target": tgt, "meta": meta}
+    problems, meta, decoded = check_sample(sample, check_shape=check_shape)
+    _raise_first(problems, sample)
+    return {"key": sample["__key__"], "task": meta["task"], "url": sample.get("__url__"), **decoded, "meta": meta}

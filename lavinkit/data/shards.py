@@ -1,12 +1,24 @@
-"""Shard reading: url resolution, ``index.json`` task counts, and a lean tar reader that groups members
-into raw samples, counting unreadable shards instead of failing.
+"""Shards on disk: url resolution, the ``index.json`` next to the shards (writing and reading), and THE tar reader
+(members grouped into raw samples), used by the training streams, ``validate``, ``inspect``, ``encode`` and ``eval``.
 
-:mod:`lavinkit.data.pipeline` builds the in-context stream on top of these.
+The reader replaces ``tarfile``'s streaming mode and ``webdataset.tariterators`` (3.6-5x faster on small members,
+``lavinkit bench data``); :mod:`lavinkit.data.pipeline` builds the in-context stream on top of it.
+
+``index.json`` (written by :class:`PairShardWriter` + :func:`write_index`)::
+
+    {"format": "lavinkit-pairs", "version": 1, "num_samples": N,
+     "tasks": {"<task>": {"modality": "image"|"video", "count": n, "frames": [..], "sizes": [[H, W], ..]}},
+     "shards": [{"url": "images-000000.tar", "modality": "image", "samples": n, "bytes": b,
+                 "tasks": {"<task>": n}, "frames": [..], "sizes": [[H, W], ..]}]}
+
+Shard urls in the index are relative to the folder holding it. Shards are byte-reproducible: tar members get a
+fixed mtime and samples are written in a deterministic order.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,62 +26,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _URL_SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+INDEX_NAME = "index.json"
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed (and an int: a float adds a pax header per member)
+DEFAULT_MAXCOUNT = 1000
+DEFAULT_MAXSIZE = 256e6
 
 
 # --------------------------------------------------------------------------------------------- urls
 
 
-def resolve_urls(urls: str | Sequence[str], *, what: str = "urls") -> list[str]:
+def resolve_urls(urls: str | Sequence[str], *, what: str = "urls", must_exist: bool = True) -> list[str]:
     """Expand ``urls`` into a list of shard urls and check that local shards exist.
 
-    Accepted forms: a WebDataset url string with brace expansion (``data/train-{000000..000009}.tar``,
-    several joined by ``::``), ``pipe:`` commands and remote urls (kept as is), a directory (all ``*.tar``
-    in it, sorted), a glob pattern (``data/*.tar``, sorted), or a list of any of these.
+    Accepted forms: WebDataset url strings (brace expansion and ``::`` joins by ``webdataset.shardlists.expand_urls``;
+    ``pipe:`` commands and remote urls are kept after expansion), a directory (its ``*.tar`` / ``*.tar.gz`` shards,
+    sorted), a glob (``data/*.tar``, sorted), an ``index.json`` (the shards it lists), or a list of any of these.
+
+    Args:
+        what: the option or argument named in errors.
+        must_exist: raise for a local shard that does not exist (``False`` keeps it: ``validate`` reports it).
 
     Raises:
-        FileNotFoundError: naming ``what`` and the first local shard that does not exist.
+        FileNotFoundError: naming ``what`` and the first local shard, folder or glob that matches nothing.
         ValueError: when nothing is left after expansion.
     """
-    import braceexpand
+    from webdataset.shardlists import expand_urls
 
     items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
     out: list[str] = []
     for item in items:
-        item = os.fspath(item)
-        if item.startswith(_URL_SCHEMES):
-            out.extend(braceexpand.braceexpand(item) if not item.startswith("pipe:") else [item])
-            continue
-        for part in item.split("::"):
-            if os.path.isdir(part):
-                found = sorted(glob.glob(os.path.join(part, "*.tar")))
-                if not found:
+        for part in expand_urls(os.fspath(item)):
+            if part.startswith(_URL_SCHEMES):
+                out.append(part)
+            elif os.path.isdir(part):
+                found = sorted(str(p) for p in Path(part).iterdir() if p.name.endswith(SHARD_SUFFIXES))
+                if not found and must_exist:
                     raise FileNotFoundError(f"{what}: directory {part!r} contains no *.tar shards")
                 out.extend(found)
-            elif any(c in part for c in "*?[") and "{" not in part:
+            elif os.path.basename(part) == INDEX_NAME and os.path.isfile(part):
+                out.extend(index_urls(part))
+            elif any(c in part for c in "*?[") and not os.path.exists(part):
                 found = sorted(glob.glob(part))
-                if not found:
+                if not found and must_exist:
                     raise FileNotFoundError(f"{what}: glob {part!r} matches no file")
-                out.extend(found)
+                out.extend(found or [part])
             else:
-                out.extend(braceexpand.braceexpand(part))
+                out.append(part)
     if not out:
         raise ValueError(f"{what}: no shard urls in {urls!r}")
     for url in out:
-        if url.startswith(_URL_SCHEMES):
-            continue
-        if not os.path.isfile(url):
+        if must_exist and not url.startswith(_URL_SCHEMES) and not os.path.isfile(url):
             raise FileNotFoundError(f"{what}: shard {url!r} does not exist")
     return out
 
 
 def find_index(urls: Sequence[str]) -> dict | None:
     """The ``index.json`` next to the (local) shards, if there is exactly one such folder and file."""
-    import json
-
     folders = {os.path.dirname(u) for u in urls if not u.startswith(_URL_SCHEMES)}
     if len(folders) != 1:
         return None
-    path = Path(folders.pop() or ".") / "index.json"
+    path = Path(folders.pop() or ".") / INDEX_NAME
     if not path.is_file():
         return None
     try:
@@ -113,6 +130,121 @@ def task_counts_from_index(index: dict | None, urls: Sequence[str] = ()) -> dict
                         counts[name] = value[field_name]
                         break
     return counts
+
+
+# --------------------------------------------------------------------------------------------- index
+
+
+class PairShardWriter:
+    """``webdataset.ShardWriter`` that records what each shard holds, for ``index.json``.
+
+    Args:
+        out_dir: folder for the shards.
+        prefix: shard names are ``<prefix>-%06d.tar``.
+        maxcount, maxsize: start a new shard after this many samples / bytes.
+        mtime: tar member mtime (fixed by default: reproducible bytes).
+
+    The underlying writer is opened on the first sample, so writing nothing leaves no empty shard.
+    """
+
+    def __init__(self, out_dir: str | Path, prefix: str, *, maxcount: int = DEFAULT_MAXCOUNT,
+                 maxsize: float = DEFAULT_MAXSIZE, mtime: int = FIXED_MTIME):
+        if maxcount < 1:
+            raise ValueError(f"maxcount must be >= 1, got {maxcount}")
+        self.out_dir = Path(out_dir)
+        self.prefix = prefix
+        self.maxcount, self.maxsize, self.mtime = maxcount, maxsize, mtime
+        self._writer = None
+        self.shards: dict[str, dict] = {}
+
+    def write(self, sample: dict) -> None:
+        """Write one sample (from :func:`lavinkit.data.schema.make_sample`, or any sample whose json has
+        ``"task"``; ``modality``/``frames``/``height``/``width`` go to the index when present)."""
+        import webdataset as wds
+
+        if self._writer is None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            pattern = str(self.out_dir / f"{self.prefix}-%06d.tar")
+            self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount, maxsize=self.maxsize, verbose=0,
+                                           mtime=self.mtime)
+        self._writer.write(sample)
+        meta = json.loads(sample["json"])
+        name = Path(self._writer.fname).name
+        modality = meta.get("modality", "unknown")
+        rec = self.shards.setdefault(name, {"url": name, "modality": modality, "samples": 0, "bytes": 0,
+                                            "tasks": {}, "frames": [], "sizes": []})
+        rec["samples"] += 1
+        rec["tasks"][meta["task"]] = rec["tasks"].get(meta["task"], 0) + 1
+        if "frames" in meta and meta["frames"] not in rec["frames"]:
+            rec["frames"].append(meta["frames"])
+        if "height" in meta and [meta["height"], meta["width"]] not in rec["sizes"]:
+            rec["sizes"].append([meta["height"], meta["width"]])
+        if rec["modality"] != modality:
+            rec["modality"] = "mixed"
+
+    def close(self) -> list[dict]:
+        """Close the last shard; returns the shard records (with file sizes)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for rec in self.shards.values():
+            rec["bytes"] = os.path.getsize(self.out_dir / rec["url"])
+            rec["frames"].sort()
+            rec["sizes"].sort()
+        return list(self.shards.values())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_index(out_dir: str | Path, shards: Iterable[dict]) -> Path:
+    """Write ``out_dir/index.json`` from shard records (see the module docstring for the format)."""
+    out_dir = Path(out_dir)
+    shards = sorted(shards, key=lambda r: r["url"])
+    tasks: dict[str, dict] = {}
+    for rec in shards:
+        for task, n in rec["tasks"].items():
+            t = tasks.setdefault(task, {"modality": rec["modality"], "count": 0, "frames": [], "sizes": []})
+            t["count"] += n
+            if t["modality"] != rec["modality"]:
+                t["modality"] = "mixed"
+            t["frames"] = sorted(set(t["frames"]) | set(rec["frames"]))
+            t["sizes"] = sorted({tuple(s) for s in t["sizes"]} | {tuple(s) for s in rec["sizes"]})
+    for t in tasks.values():
+        t["sizes"] = [list(s) for s in t["sizes"]]
+    index = {"format": "lavinkit-pairs", "version": 1, "num_samples": sum(r["samples"] for r in shards),
+             "tasks": dict(sorted(tasks.items())), "shards": shards}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / INDEX_NAME
+    path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_index(path: str | Path) -> dict:
+    """Load an ``index.json`` (``path`` is the file or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no shard index at {path}")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise ValueError(f"{path}: not a lavinkit shard index (no 'shards' list)")
+    return index
+
+
+def index_urls(path: str | Path, modality: str | None = None) -> list[str]:
+    """Absolute shard paths listed in an index, optionally only those of one modality ("image"/"video")."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    return [str(folder / rec["url"]) for rec in read_index(path)["shards"]
+            if modality is None or rec["modality"] == modality]
 
 
 # --------------------------------------------------------------------------------------------- skips
@@ -250,19 +382,29 @@ def shard_samples(url: str, stream) -> Iterator[dict]:
         yield current
 
 
+def open_shard(url: str):
+    """A binary stream of the shard at ``url`` (``webdataset.gopen``: local files, ``pipe:``, http, ...);
+    ``.tar.gz`` / ``.tgz`` shards are decompressed on the fly."""
+    from webdataset.gopen import gopen
+
+    stream = gopen(url, "rb")
+    if url.endswith((".gz", ".tgz")):
+        import gzip
+
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    return stream
+
+
 def raw_samples(url_source: Iterable[dict], log: SkipLog) -> Iterator[dict]:
     """Shard dicts ``{"url": ...}`` -> raw samples ``{"__key__", "__url__", member: bytes}``.
 
-    Urls are opened with ``webdataset.gopen`` (local files, ``pipe:``, http, ...). A shard that cannot be
-    opened or parsed (corrupt/truncated tar, duplicate member) is counted in ``log`` and the stream goes
-    on with the next shard; the samples read before the damage are kept.
+    A shard that cannot be opened or parsed (corrupt/truncated tar, duplicate member) is counted in ``log`` and
+    the stream goes on with the next shard; the samples read before the damage are kept.
     """
-    from webdataset.gopen import gopen
-
     for shard in url_source:
         url = shard["url"]
         try:
-            stream = gopen(url, "rb")
+            stream = open_shard(url)
         except Exception as exn:  # noqa: BLE001 - any failure to open is one bad shard
             log.add(url, None, f"cannot open shard: {type(exn).__name__}: {exn}")
             continue

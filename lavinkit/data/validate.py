@@ -26,42 +26,13 @@ meta-mismatch      json frames/height/width disagree with the decoded pixels
 
 from __future__ import annotations
 
-import glob
-import json
 import os
-import re
-import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from lavinkit.data.pack import INDEX_NAME
-from lavinkit.data.schema import (
-    MEMBERS,
-    SampleError,
-    decode_member,
-    key_problem,
-    parse_meta,
-    shape_problems,
-    split_members,
-)
-
-_KNOWN_SUFFIX = re.compile(r"^(?P<key>[^/]*?)\.(?P<suffix>(?:input|target)\.[A-Za-z0-9]+|json)$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem: ``key`` is ``None`` for shard-level problems."""
-
-    url: str
-    key: str | None
-    kind: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.url if self.key is None else f"{self.url} [{self.key}]"
-        return f"{where}: {self.kind}: {self.message}"
+from lavinkit.data.schema import Problem, check_sample
+from lavinkit.data.shards import INDEX_NAME, find_index, open_shard, resolve_urls, shard_samples
 
 
 @dataclass
@@ -100,159 +71,26 @@ class ValidationReport:
                 "problems": [{"url": p.url, "key": p.key, "kind": p.kind, "message": p.message} for p in self.problems]}
 
 
-def expand_shard_urls(urls: str | Sequence[str]) -> list[str]:
-    """Expand shard specs: brace patterns (``a-{000000..000003}.tar``), globs, folders (their ``*.tar``)
-    and ``index.json`` files (the shards they list). Other strings (missing files, ``pipe:``, http) pass as-is."""
-    import braceexpand
-
-    from lavinkit.data.pack import index_urls
-
-    out: list[str] = []
-    for spec in [urls] if isinstance(urls, str) else urls:
-        for url in braceexpand.braceexpand(str(spec)):
-            path = Path(url)
-            if path.is_dir():
-                out += sorted(str(p) for p in path.iterdir() if p.name.endswith((".tar", ".tar.gz", ".tgz")))
-            elif path.name == INDEX_NAME and path.is_file():
-                out += index_urls(path)
-            elif any(c in url for c in "*?[") and not path.exists():
-                out += sorted(glob.glob(url)) or [url]
-            else:
-                out.append(url)
-    return out
-
-
-def _open(url: str):
-    if "://" in url or url.startswith("pipe:"):
-        from webdataset.gopen import gopen
-
-        return gopen(url, "rb")
-    return open(url, "rb")
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """WebDataset's split of a member name: key = folder + basename up to its first dot."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, suffix = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), suffix if dot else ""
-
-
-def iter_raw_samples(url: str) -> Iterator[tuple[dict | None, Problem | None]]:
-    """Yield ``(sample, None)`` per group of consecutive members with the same key (``__key__``, ``__url__``,
-    ``__names__`` = the full member names), and ``(None, Problem)`` for a shard that cannot be read."""
+def read_shard(url: str) -> Iterator[tuple[dict | None, Problem | None]]:
+    """The samples of one shard through the shared reader (:mod:`lavinkit.data.shards`) as ``(sample, None)``, and
+    ``(None, Problem)`` for a shard that cannot be opened or read (the samples before the damage are yielded)."""
     try:
-        stream = _open(url)
-    except (FileNotFoundError, IsADirectoryError) as err:
-        yield None, Problem(url, None, "missing-shard", f"cannot open shard: {err.strerror or err}")
-        return
+        stream = open_shard(url)
     except OSError as err:
-        yield None, Problem(url, None, "missing-shard", f"cannot open shard: {err}")
+        yield None, Problem(url, None, "missing-shard", f"cannot open shard: {getattr(err, 'strerror', None) or err}")
         return
-    current: dict | None = None
-    last_key = None
+    key = None
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tf:
-            for ti in tf:
-                if not ti.isfile():
-                    continue
-                key, suffix = _split_name(ti.name)
-                data = tf.extractfile(ti).read()
-                if current is None or key != current["__key__"]:
-                    if current is not None:
-                        yield current, None
-                    current = {"__key__": key, "__url__": url, "__names__": {}}
-                current[suffix] = data
-                current["__names__"][suffix] = ti.name
-                last_key = key
-    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-        # the group being read when the damage hit is incomplete: it is reported with the damage, not checked
-        after = f" in or after key {last_key!r}" if last_key is not None else ""
-        msg = str(err) or type(err).__name__
-        if msg == "empty file":
-            yield None, Problem(url, None, "empty-shard", "the file is empty (0 bytes)")
-        else:
-            yield None, Problem(url, None, "corrupt-tar", f"unreadable tar{after} ({msg}); truncated or not a tar file")
-        return
-    if current is not None:
-        yield current, None
-
-
-def check_sample(sample: dict, *, tasks: set[str] | None = None, check_shape: bool = True,
-                 decode: bool = True) -> tuple[list[Problem], str | None]:
-    """All problems of one raw sample, and its task (``None`` if unknown)."""
-    url, key = sample.get("__url__", "?"), sample["__key__"]
-    names = sample.get("__names__", {})
-    members = {k: v for k, v in sample.items() if not k.startswith("__")}
-    problems: list[Problem] = []
-
-    def add(kind, msg, k=key):
-        problems.append(Problem(url, k, kind, msg))
-
-    # a dot in the real key shows up as a suffix like "b.input.png" under key "a"
-    dotted: dict[str, list[str]] = {}
-    for suffix in list(members):
-        m = _KNOWN_SUFFIX.match(suffix)
-        if m and m["key"]:
-            dotted.setdefault(f"{key}.{m['key']}", []).append(names.get(suffix, suffix))
-            members.pop(suffix)
-    for real, files in dotted.items():
-        add("bad-key", f"key {real!r} contains a dot (WebDataset splits keys at the first dot); members {files}", real)
-    if not members:
-        return problems, None
-    problem = key_problem(key)
-    if problem:
-        add("bad-key", problem)
-        return problems, None
-    found, unknown = split_members(members)
-    for name in unknown:
-        add("unknown-member", f"member {names.get(name, name)!r} is not input.<ext>, target.<ext> or json")
-    for member in (*MEMBERS, "json"):
-        if not found[member]:
-            add("missing-member", f"missing member {member}" + ("" if member == "json" else ".<ext>"))
-        elif len(found[member]) > 1:
-            add("duplicate-member", f"more than one {member} member: {sorted(found[member])}")
-    task = None
-    meta = None
-    if found["json"]:
-        try:
-            meta = parse_meta(members, url, key)
-            task = meta["task"]
-            if tasks is not None and task not in tasks:
-                add("unknown-task", f"task {task!r} is not one of the known tasks {sorted(tasks)}")
-        except SampleError as err:
-            add(err.kind, err.reason)
-    if not decode:
-        return problems, task
-    decoded = {}
-    for member in MEMBERS:
-        if len(found[member]) == 1:
-            try:
-                decoded[member] = decode_member(members, found[member][0], url, key)
-            except SampleError as err:
-                add(err.kind, err.reason)
-    if len(decoded) == 2:
-        inp, tgt = decoded["input"], decoded["target"]
-        for kind, msg in shape_problems(inp, tgt, check_shape=check_shape):
-            add(kind, msg)
-        if meta is not None:
-            got = {"frames": inp.shape[1], "height": inp.shape[2], "width": inp.shape[3]}
-            wrong = [f"{k} {meta[k]} != {v}" for k, v in got.items() if k in meta and meta[k] != v]
-            if wrong:
-                add("meta-mismatch", f"json disagrees with the input pixels: {', '.join(wrong)}")
-    return problems, task
-
-
-def _index_for(url: str, cache: dict) -> dict | None:
-    folder = os.path.dirname(os.path.abspath(url)) if "://" not in url else None
-    if folder is None:
-        return None
-    if folder not in cache:
-        path = Path(folder) / INDEX_NAME
-        try:
-            cache[folder] = json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, json.JSONDecodeError):
-            cache[folder] = None
-    return cache[folder]
+        with stream:
+            for sample in shard_samples(url, stream):
+                key = sample["__key__"]
+                yield sample, None
+    except Exception as err:  # noqa: BLE001 - any read failure is this shard's problem, reported with its name
+        if getattr(err, "key", None) is not None:  # the reader's duplicate member name
+            yield None, Problem(url, err.key, "duplicate-member", f"{err}; the rest of the shard is not read")
+            return
+        after = f" in or after key {key!r}" if key is not None else ""
+        yield None, Problem(url, None, "corrupt-tar", f"unreadable tar{after} ({err}); truncated or not a tar file")
 
 
 def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = None, check_shape: bool = True,
@@ -260,7 +98,7 @@ def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = 
     """Read every sample of every shard and collect all problems.
 
     Args:
-        urls: shard paths/urls, brace patterns, globs, folders or index.json files (:func:`expand_shard_urls`).
+        urls: shard paths/urls, brace patterns, globs, folders or index.json files (:func:`~lavinkit.data.shards.resolve_urls`).
         tasks: the known task names; ``None`` takes them from the ``index.json`` next to each shard
             (no task check when there is none).
         check_shape: report T != 1 + 4k and sizes that are not multiples of 16.
@@ -270,19 +108,20 @@ def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = 
     Returns:
         a :class:`ValidationReport` (``report.ok``, ``report.problems``, ``report.format()``).
     """
-    expanded = expand_shard_urls(urls)
+    try:
+        expanded = resolve_urls(urls, what="validate", must_exist=False)
+    except ValueError:
+        expanded = []
     report = ValidationReport(urls=expanded)
     if not expanded:
         report.problems.append(Problem(str(urls), None, "missing-shard", "no shard matches"))
         return report
     known = set(tasks) if tasks is not None else None
-    index_cache: dict = {}
     for url in expanded:
-        index = _index_for(url, index_cache) if use_index else None
+        index = find_index([os.path.abspath(url)]) if use_index and "://" not in url else None
         shard_tasks = known if known is not None else (set(index["tasks"]) if index and "tasks" in index else None)
-        n = 0
-        seen: set[str] = set()
-        for sample, problem in iter_raw_samples(url):
+        n, seen, before = 0, set(), len(report.problems)
+        for sample, problem in read_shard(url):
             if problem is not None:
                 report.problems.append(problem)
                 continue
@@ -291,20 +130,18 @@ def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = 
                 report.problems.append(Problem(url, sample["__key__"], "duplicate-key",
                                                "key appears more than once in the shard"))
             seen.add(sample["__key__"])
-            problems, task = check_sample(sample, tasks=shard_tasks, check_shape=check_shape, decode=decode)
+            problems, meta, _ = check_sample(sample, tasks=shard_tasks, check_shape=check_shape, decode=decode)
             report.problems += problems
-            if task is not None:
-                report.tasks[task] += 1
+            if meta is not None:
+                report.tasks[meta["task"]] += 1
         report.samples += n
         report.samples_per_shard[url] = n
-        opened = not any(p.url == url and p.kind in ("missing-shard", "corrupt-tar", "empty-shard")
-                         for p in report.problems)
-        if n == 0 and opened:
+        if n == 0 and not any(p.key is None for p in report.problems[before:]):
             report.problems.append(Problem(url, None, "empty-shard", "the shard holds no samples"))
         if index is not None:
             listed = {rec.get("url"): rec.get("samples") for rec in index.get("shards", [])}
             name = os.path.basename(url)
             if name in listed and listed[name] != n:
                 report.problems.append(Problem(url, None, "index-mismatch",
-                                               f"index.json lists {listed[name]} samples, the shard holds {n}"))
+                                               f"{INDEX_NAME} lists {listed[name]} samples, the shard holds {n}"))
     return report

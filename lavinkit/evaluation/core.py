@@ -253,7 +253,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from lavinkit.data.pipeline import derive_seed
+    from lavinkit.seeding import derive_seed
 
     # ---- options, paths and data first: they fail in seconds, loading a large model does not
     if num_pairs < 1:
@@ -306,7 +306,7 @@ def evaluate(
         "encode_mode": pipe.encode_mode, "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""),
         "lpips": {"weights": str(lpips_weights), "net": lpips_net} if lpips is not None else None,
         "seed_rule": f"pipeline seed and example choice: derive_seed({SEED_STREAM!r}, seed, task, query); swap "
-                     f"examples: derive_seed({SWAP_STREAM!r}, seed, task, query) (lavinkit.data.pipeline)",
+                     f"examples: derive_seed({SWAP_STREAM!r}, seed, task, query) (lavinkit.seeding)",
     }  # fmt: skip
 
     # ---- the loop: task -> query -> seed

@@ -13,30 +13,38 @@ EMA
   ``load_pretrained(use_ema=False)``, a resume with the callback removed) silently turns EMA into the raw
   training weights;
 * at the end of ``fit`` it copies the EMA weights into the model, so a checkpoint written afterwards holds
-  EMA as raw weights.
+  EMA as raw weights;
+* it deep-copies the module, which sharded modules (FSDP2 DTensors, FSDP flat parameters, ZeRO-3 partitions)
+  refuse; torch's ``AveragedModel`` does the same.
 
-Here the raw weights always stay in ``state_dict``; the EMA weights live in this callback's state
-(``checkpoint["callbacks"]``, restored on resume) and, prefix-free, in ``checkpoint["lavinkit"]["ema_state_dict"]``
-(where ``lavinkit.models.io.load_pretrained`` finds them; same tensors, stored once by ``torch.save``). The
-averaging itself is torch's ``AveragedModel`` with ``get_ema_multi_avg_fn``. It works with manual
-optimisation: it updates after every batch in which ``trainer.global_step`` advanced, so skipped
-(non-finite) steps do not update it.
+Here the average is a dict of tensors shaped like each parameter's LOCAL storage (its shard under FSDP2, FSDP and
+ZeRO-3, the full tensor otherwise), updated in place with ``torch._foreach_lerp_`` (the update rule of torch's
+``get_ema_multi_avg_fn``): sharded training keeps a sharded EMA, with no extra communication per step. On save
+the shards are gathered (a collective on every rank) into full CPU tensors: the raw weights always stay in
+``state_dict``; the EMA weights live in this callback's state (``checkpoint["callbacks"]``, restored on resume,
+resharded to the current layout) and, prefix-free, in ``checkpoint["lavinkit"]["ema_state_dict"]`` (where
+``lavinkit.models.io.load_pretrained`` and ``lavinkit export`` find them; same tensors, stored once by
+``torch.save``). It works with manual optimisation: it updates after every batch in which
+``trainer.global_step`` advanced, so skipped (non-finite) steps do not update it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lavinkit.models.io import LAVINKIT_KEY
+
+# name segments that wrappers insert into parameter names (FSDP1, checkpoint_wrapper, torch.compile)
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
 def _ema_target(pl_module: pl.LightningModule) -> tuple[nn.Module, str]:
@@ -49,12 +57,60 @@ def _ema_target(pl_module: pl.LightningModule) -> tuple[nn.Module, str]:
     target = getter()
     for name, module in pl_module.named_modules():
         if module is target:
-            return target, (name + "." if name else "")
+            return target, _clean_name(name + "." if name else "")
     raise ValueError(f"EMA callback: ema_target() of {type(pl_module).__name__} is not a submodule of it")
 
 
+def _clean_name(name: str) -> str:
+    for segment in _WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
+def live_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """``{state-dict name: tensor}`` of ``module``'s parameters and persistent buffers, as the module holds them
+    (DTensors under FSDP2, local flat-parameter views under FSDP, partitioned parameters under ZeRO-3); wrapper
+    segments are removed from the names so they match ``module.state_dict()`` of the unwrapped model."""
+    out: dict[str, Tensor] = {}
+    for mod_name, mod in module.named_modules():
+        prefix = mod_name + "." if mod_name else ""
+        for name, p in mod.named_parameters(recurse=False):
+            out.setdefault(_clean_name(prefix + name), p)
+        for name, b in mod.named_buffers(recurse=False):
+            if b is not None and name not in mod._non_persistent_buffers_set:
+                out.setdefault(_clean_name(prefix + name), b)
+    return out
+
+
+def _layout(tensors: dict[str, Tensor], strategy: Any = None) -> str:
+    """``"dtensor"`` (FSDP2), ``"zero3"`` (DeepSpeed partitioned), ``"fsdp"`` (FSDP flat-parameter views: Lightning's
+    ``FSDPStrategy``) or ``"plain"``."""
+    from torch.distributed.tensor import DTensor
+
+    if type(strategy).__name__ == "FSDPStrategy":
+        return "fsdp"
+    values = list(tensors.values())
+    if any(isinstance(t, DTensor) for t in values):
+        return "dtensor"
+    if any(hasattr(t, "ds_tensor") for t in values):
+        return "zero3"
+    if any(getattr(t, "_is_flat_param", False) or hasattr(t, "_fsdp_flattened") for t in values):
+        return "fsdp"
+    return "plain"
+
+
+def _local(t: Tensor) -> Tensor:
+    """The storage this rank holds for ``t``: the local shard of a DTensor, the partition of a ZeRO-3 parameter,
+    ``t`` itself otherwise (FSDP's views already are local)."""
+    if hasattr(t, "to_local"):
+        return t.to_local()
+    if hasattr(t, "ds_tensor"):
+        return t.ds_tensor
+    return t
+
+
 class EMA(Callback):
-    """Exponential moving average of ``pl_module.ema_target()`` (see the module docstring).
+    """Exponential moving average of ``pl_module.ema_target()`` (see the module docstring), sharding-aware.
 
     Args:
         decay: EMA decay per update (``ema = decay * ema + (1 - decay) * w``).
@@ -63,7 +119,7 @@ class EMA(Callback):
         validate_with_ema: run validation with the EMA weights swapped in (swapped back afterwards; a checkpoint
             written meanwhile still stores the raw weights in ``state_dict``).
         device: keep the average on this device (e.g. ``"cpu"`` to save accelerator memory); default: the
-            module's device.
+            module's device. Under sharded strategies each rank keeps only its shard.
     """
 
     def __init__(
@@ -83,69 +139,212 @@ class EMA(Callback):
         self.start_step = int(start_step)
         self.validate_with_ema = validate_with_ema
         self.device = torch.device(device) if device is not None else None
-        self.average: AveragedModel | None = None
+        self.shadow: dict[str, Tensor] | None = None  # local storage of every averaged tensor
+        self.n_averaged = 0
         self._prefix = ""
         self._last_step = 0
-        self._pending: dict[str, Tensor] | None = None
+        self._pending: dict[str, Tensor] | None = None  # full tensors restored from a checkpoint
         self._swapped = False
+        self._stash: dict[str, Tensor] | None = None  # raw local values while the EMA values are in the model
         self._target: nn.Module | None = None
+        self._trainer: pl.Trainer | None = None
+
+    @property
+    def average(self) -> dict[str, Tensor] | None:
+        """The local EMA tensors once the callback is set up (``None`` before)."""
+        return self.shadow
 
     # ------------------------------------------------------------------ state
     def _build(self, pl_module: pl.LightningModule) -> None:
         target, self._prefix = _ema_target(pl_module)
         self._target = target
-        if any(type(p).__name__ == "DTensor" for p in target.parameters()):
-            # AveragedModel deep-copies the target, which sharded (FSDP2 / DTensor) modules refuse
-            raise ValueError(
-                f"EMA callback: {type(pl_module).__name__}.ema_target() is sharded (FSDP2 / ModelParallelStrategy); "
-                "EMA of sharded models is not supported: remove the EMA callback or train with DDP"
-            )
-        if self.average is None:
-            self.average = AveragedModel(
-                target, device=self.device, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True
-            )
+        if self.shadow is None:
+            live = live_tensors(target)
+            self.shadow = {k: self._new_shadow(_local(v)) for k, v in live.items()}
         if self._pending is not None:
-            self.average.load_state_dict(self._pending)
-            self._pending = None
+            pending, self._pending = self._pending, None
+            self._load_full(pending)
+
+    def _new_shadow(self, t: Tensor) -> Tensor:
+        """An EMA tensor for local tensor ``t``: float32 when ``t`` is a lower-precision float (a bf16 average with
+        decay 0.999 would barely move), on ``self.device`` or ``t``'s device."""
+        dtype = torch.float32 if t.is_floating_point() and t.element_size() < 4 else t.dtype
+        return t.detach().to(device=self.device or t.device, dtype=dtype, copy=True)
+
+    def _strategy(self) -> Any:
+        return self._trainer.strategy if self._trainer is not None else None
+
+    def _live(self) -> dict[str, Tensor]:
+        assert self._target is not None
+        return live_tensors(self._target)
+
+    def _pairs(self) -> Iterator[tuple[str, Tensor, Tensor]]:
+        """``(name, local model tensor, local EMA tensor)`` for every averaged tensor."""
+        assert self.shadow is not None
+        live = self._live()
+        if live.keys() != self.shadow.keys():
+            raise RuntimeError(
+                f"EMA callback: the tensors of {type(self._target).__name__} changed since the average was built "
+                f"(missing {sorted(self.shadow.keys() - live.keys())[:3]}, new {sorted(live.keys() - self.shadow.keys())[:3]})"
+            )
+        for name, t in live.items():
+            yield name, _local(t), self.shadow[name]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One EMA update from the current weights (the first update copies them)."""
+        floats_ema, floats_model = [], []
+        for _, model_t, ema_t in self._pairs():
+            src = model_t.detach().to(ema_t.device)
+            if self.n_averaged == 0 or not ema_t.is_floating_point():
+                ema_t.copy_(src)
+            else:
+                floats_ema.append(ema_t)
+                floats_model.append(src.to(ema_t.dtype))
+        if floats_ema:
+            torch._foreach_lerp_(floats_ema, floats_model, 1.0 - self.decay)
+        self.n_averaged += 1
 
     def ema_state_dict(self) -> dict[str, Tensor] | None:
-        """Prefix-free EMA weights of the target (``None`` before the first update)."""
-        if self.average is None or int(self.average.n_averaged) == 0:
+        """Prefix-free EMA weights of the target as full CPU tensors (``None`` before the first update).
+
+        Under a sharded strategy this gathers the shards: call it on every rank together."""
+        if self.shadow is None:
+            if self._pending is not None:
+                return dict(self._pending)
             return None
-        return {k[len("module."):]: v for k, v in self._average_state().items() if k.startswith("module.")}
+        if self.n_averaged == 0:
+            return None
+        return self._gather_full()
+
+    def model_state_dict(self) -> dict[str, Tensor]:
+        """Prefix-free RAW weights of the target as full CPU tensors, gathered like :meth:`ema_state_dict` (call it
+        on every rank together under a sharded strategy)."""
+        assert self.shadow is not None, "EMA callback: not set up yet"
+        return self._gather_full(ema=False)
+
+    def _gather_full(self, ema: bool = True) -> dict[str, Tensor]:
+        """Full EMA (or raw) tensors on the CPU, whatever the sharding of the target."""
+        live = self._live()
+        layout = _layout(live, self._strategy())
+        if ema:
+            sources = self.shadow
+        else:
+            sources = self._stash if self._swapped else {k: _local(v) for k, v in live.items()}
+        if layout == "plain":
+            return {k: v.detach().clone().cpu() for k, v in sources.items()}
+        if layout == "dtensor":
+            from torch.distributed.tensor import DTensor
+
+            out = {}
+            for name, model_t in live.items():
+                local = sources[name]
+                if isinstance(model_t, DTensor):
+                    full = DTensor.from_local(local.to(model_t.device), model_t.device_mesh, model_t.placements,
+                                              run_check=False, shape=model_t.shape, stride=model_t.stride())
+                    out[name] = full.full_tensor().cpu()
+                else:
+                    out[name] = local.detach().clone().cpu()
+            return out
+        # FSDP flat parameters / ZeRO-3 partitions: put the wanted values in the model, gather it, restore
+        with self._values_in_model(ema):
+            return self._gathered_model_state(layout)
+
+    @contextlib.contextmanager
+    def _values_in_model(self, ema: bool):
+        swap = ema != self._swapped
+        if swap:
+            self._swap()
+        try:
+            yield
+        finally:
+            if swap:
+                self._swap()
+
+    def _gathered_model_state(self, layout: str) -> dict[str, Tensor]:
+        """Full CPU state of the target under FSDP or ZeRO-3 (collective)."""
+        names = list(self.shadow)
+        if layout == "zero3":
+            import deepspeed
+
+            live = self._live()
+            params = [t for t in live.values() if hasattr(t, "ds_tensor")]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: live[k].detach().clone().cpu() for k in names}
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = self._trainer.strategy.model if self._trainer is not None else self._target
+        with FSDP.summon_full_params(root, writeback=False, offload_to_cpu=True):
+            live = self._live()
+            return {k: live[k].detach().clone().cpu() for k in names}
+
+    @torch.no_grad()
+    def _load_full(self, full: dict[str, Tensor]) -> None:
+        """Set the local EMA tensors from full tensors (resharding them to the target's current layout)."""
+        assert self.shadow is not None
+        missing = self.shadow.keys() - full.keys()
+        if missing:
+            raise ValueError(
+                f"EMA callback: the checkpoint's EMA state lacks {sorted(missing)[:5]} of {type(self._target).__name__}"
+            )
+        live = self._live()
+        layout = _layout(live, self._strategy())
+        if layout in ("plain", "dtensor"):
+            from torch.distributed.tensor import DTensor, distribute_tensor
+
+            for name, ema_t in self.shadow.items():
+                model_t, value = live[name], full[name]
+                if isinstance(model_t, DTensor):
+                    value = distribute_tensor(value.to(model_t.device, model_t.dtype), model_t.device_mesh,
+                                              model_t.placements).to_local()
+                ema_t.copy_(value.to(ema_t.device, ema_t.dtype))
+            return
+        # FSDP / ZeRO-3: write the full EMA into the model, keep the resulting local shards, restore the raw weights
+        raw = {k: _local(t).detach().clone() for k, t in live.items()}
+        if layout == "zero3":
+            import deepspeed
+
+            params = [t for t in live.values() if hasattr(t, "ds_tensor")]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                for k, t in self._live().items():
+                    t.data.copy_(full[k].to(t.device, t.dtype))
+        else:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            root = self._trainer.strategy.model if self._trainer is not None else self._target
+            with FSDP.summon_full_params(root, writeback=True):
+                for k, t in self._live().items():
+                    t.data.copy_(full[k].to(t.device, t.dtype))
+        for name, model_t, ema_t in self._pairs():
+            ema_t.copy_(model_t.detach())
+            model_t.data.copy_(raw[name])
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"last_step": self._last_step, "decay": self.decay}
-        if self.average is not None:
-            state["average"] = self._average_state()
-        elif self._pending is not None:
-            state["average"] = self._pending
+        full = self.ema_state_dict() if self.shadow is not None else self._pending
+        if full is not None:
+            state["average"] = {**{"module." + k: v for k, v in full.items()},
+                                "n_averaged": torch.tensor(max(self.n_averaged, 1))}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._last_step = int(state_dict["last_step"])
         if "average" in state_dict:
-            self._pending = dict(state_dict["average"])
-            if self.average is not None:
-                self.average.load_state_dict(self._pending)
-                self._pending = None
-
-    def _average_state(self) -> dict[str, Tensor]:
-        """State dict of the averaged model holding the EMA values (while swapped for validation the EMA values
-        sit in the target module and the average holds the raw weights)."""
-        assert self.average is not None
-        state = self.average.state_dict()
-        if self._swapped:
-            state = {**state, **{"module." + k: v.detach().clone() for k, v in self._target.state_dict().items()}}
-        return state
+            average = state_dict["average"]
+            self.n_averaged = int(average.get("n_averaged", 1))
+            full = {k[len("module."):]: v for k, v in average.items() if k.startswith("module.")}
+            if self.shadow is not None:
+                self._load_full(full)
+            else:
+                self._pending = full
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self.average is None:
+        if self.shadow is None:
             return
-        if self._swapped:
-            # Validation runs with EMA swapped in: the model holds EMA, the average holds the raw weights.
+        if self._swapped and "state_dict" in checkpoint and _layout(self._live(), self._strategy()) == "plain":
+            # Validation runs with EMA swapped in: the model holds EMA, the stash holds the raw weights.
             # Keep the raw weights in "state_dict" (never let EMA become the training weights on resume).
-            for k, v in self.average.module.state_dict().items():
+            for k, v in self._stash.items():
                 checkpoint["state_dict"][self._prefix + k] = v.detach().clone()
         block = checkpoint.setdefault(LAVINKIT_KEY, {})
         callback_state = checkpoint.get("callbacks", {}).get(self.state_key, {}).get("average")
@@ -155,48 +354,52 @@ class EMA(Callback):
             block["ema_state_dict"] = self.ema_state_dict()
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trainer = trainer
         self._build(pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if step <= self._last_step or self.average is None:
+        if step <= self._last_step or self.shadow is None:
             return  # no optimisation step in this batch (skipped, or accumulating)
         self._last_step = step
         step_idx = step - 1
         if step_idx >= self.start_step and (step_idx - self.start_step) % self.update_every_n_steps == 0:
-            self.average.update_parameters(_ema_target(pl_module)[0])
+            self.update()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.average is None and self._pending is not None:
+        self._trainer = trainer
+        if self.shadow is None and self._pending is not None:
             self._build(pl_module)  # `validate` with a checkpoint: EMA restored without a fit
-        if self.validate_with_ema and self.average is not None and not self._swapped:
-            if int(self.average.n_averaged) == 0:
+        if self.validate_with_ema and self.shadow is not None and not self._swapped:
+            if self.n_averaged == 0:
                 return  # nothing averaged yet (sanity check before the first step): EMA == raw
-            self._swap(pl_module)
+            self._swap()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._swapped:
-            self._swap(pl_module)
+            self._swap()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._swapped:
-            self._swap(pl_module)
+            self._swap()
 
-    def _swap(self, pl_module: pl.LightningModule) -> None:
-        """Exchange the values of the target's parameters and buffers with the average's."""
-        assert self.average is not None
-        target = _ema_target(pl_module)[0]
-        with torch.no_grad():
-            for a, b in zip(
-                list(self.average.module.parameters()) + list(self.average.module.buffers()),
-                list(target.parameters()) + list(target.buffers()),
-                strict=True,
-            ):
-                tmp = a.detach().clone()
-                a.copy_(b.detach())
-                b.copy_(tmp)
+    @torch.no_grad()
+    def _swap(self, pl_module: pl.LightningModule | None = None) -> None:
+        """Put the EMA values into the target (keeping its raw values aside), or restore the raw values."""
+        if not self._swapped:
+            self._stash = {}
+            for name, model_t, ema_t in self._pairs():
+                self._stash[name] = model_t.detach().clone()
+                model_t.copy_(ema_t.to(model_t.device, model_t.dtype))
+        else:
+            for name, model_t, _ in self._pairs():
+                model_t.copy_(self._stash[name])
+            self._stash = None
         self._swapped = not self._swapped
 
 

@@ -38,7 +38,9 @@ from torch import Tensor
 
 from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
+from lavinkit.lit.utils import build_init_arg, save_plain_hyperparameters
 from lavinkit.models.jdit import JDiT, JDiTConfig
+from lavinkit.seeding import derive_generator
 
 __all__ = ["JDiTModule"]
 
@@ -55,26 +57,6 @@ class _Frozen:
 
     def __deepcopy__(self, memo: dict) -> _Frozen:
         return self
-
-
-def _plain(value: Any) -> bool:
-    """True for values that ``torch.load(weights_only=True)`` can read back (hparams in checkpoints)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _step_seed(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (splitmix-style, deterministic across processes)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class JDiTModule(LightningModule):
@@ -99,7 +81,9 @@ class JDiTModule(LightningModule):
         encode_mode: ``"mean"`` (posterior mean, as ``lavinkit encode --mode mean``) or ``"sample"``.
         encode_batch_size: images/clips per VAE encoder call.
         seed: seed of the per-step generators (dropout, time, noise).
-        compile: ``torch.compile`` every J-DiT block.
+        compile: ``torch.compile`` every J-DiT block (``true`` / ``"blocks"``) or the whole J-DiT (``"model"``).
+        activation_checkpointing: recompute blocks in backward: ``true`` every block, an int n every n-th block;
+            ``None`` leaves it to ``dit_overrides.activation_checkpointing`` (see :mod:`lavinkit.lit.parallel`).
         max_nonfinite_steps: a step whose loss is NaN/Inf on any rank is skipped on every rank together (no
             update, no EMA update); the run stops after this many such steps.
         sampler: validation/test ODE sampler (default: Euler on the official 20-point grid).
@@ -126,7 +110,8 @@ class JDiTModule(LightningModule):
         encode_mode: EncodeMode = "mean",
         encode_batch_size: int = 16,
         seed: int = 0,
-        compile: bool = False,
+        compile: bool | Literal["blocks", "model"] = False,
+        activation_checkpointing: bool | int | None = None,
         sampler: ODESampler | None = None,
         guidance: ClassifierFreeGuidance | None = None,
         max_nonfinite_steps: int = 10,
@@ -136,15 +121,15 @@ class JDiTModule(LightningModule):
         log_images: int = 2,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        # keep only what a weights_only checkpoint load can read (the CLI already gives plain dicts)
-        for key in list(self.hparams):
-            value = self.hparams[key]
-            if isinstance(value, JDiTConfig):
-                self.hparams[key] = value.to_dict()
-            elif not _plain(value):
-                del self.hparams[key]
-
+        # every argument as a plain value: checkpoints load with weights_only=True and
+        # JDiTModule.load_from_checkpoint(path) rebuilds the module (and its components) from them alone
+        save_plain_hyperparameters(self)
+        objective = build_init_arg(objective, FlowMatchingObjective)
+        sampler, guidance = build_init_arg(sampler, ODESampler), build_init_arg(guidance, ClassifierFreeGuidance)
+        optimizer = build_init_arg(optimizer, torch.optim.Optimizer, factory=True)
+        lr_scheduler = build_init_arg(lr_scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
+        if isinstance(dit, dict):  # a described JDiTConfig (hyperparameters of a checkpoint)
+            dit = JDiTConfig.from_dict(dit)
         if isinstance(dit, JDiTConfig):
             self.dit_config = dataclasses.replace(dit, **(dit_overrides or {})) if dit_overrides else dit
         else:
@@ -168,7 +153,14 @@ class JDiTModule(LightningModule):
         self.encode_mode = encode_mode
         self.encode_batch_size = int(encode_batch_size)
         self.seed = int(seed)
-        self.compile_blocks = bool(compile)
+        from lavinkit.lit.parallel import checkpoint_every, compile_mode
+
+        self.compile_blocks = compile_mode(compile)
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing is not None:
+            checkpoint_every(activation_checkpointing)  # validates the option
+            if self.dit_config.activation_checkpointing:  # one switch decides: the module's
+                self.dit_config = dataclasses.replace(self.dit_config, activation_checkpointing=False)
         self.sampler = sampler if sampler is not None else EulerSampler(num_steps=20, grid="official")
         self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
@@ -217,19 +209,11 @@ class JDiTModule(LightningModule):
             meta = any(p.is_meta for p in dit.parameters())
             dit.load_state_dict(state, strict=True, assign=meta)
             dit.freeze_dead_parameters(self.dit_config.freeze_dead_params)
-        if self.compile_blocks:
-            for block in dit.modules():
-                if isinstance(block, dit.block_class):
-                    block.compile()
-        mesh = self.device_mesh  # set by ModelParallelStrategy: FSDP2 over its data-parallel dimension
-        if mesh is not None:
-            from torch.distributed.fsdp import fully_shard
+        from lavinkit.lit.parallel import parallelize_jdit
 
-            data_parallel = mesh["data_parallel"]
-            for block in dit.modules():
-                if isinstance(block, dit.block_class):
-                    fully_shard(block, mesh=data_parallel)
-            fully_shard(dit, mesh=data_parallel)
+        mesh = self.device_mesh  # set by ModelParallelStrategy: FSDP2 over its data-parallel dimension
+        parallelize_jdit(dit, compile=self.compile_blocks, activation_checkpointing=self.activation_checkpointing,
+                         mesh=mesh["data_parallel"] if mesh is not None else None)
         self.dit = dit
 
     def _require_dit(self) -> JDiT:
@@ -238,6 +222,14 @@ class JDiTModule(LightningModule):
         return self.dit
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            from lavinkit.lit.parallel import check_jdit_strategy
+
+            check_jdit_strategy(
+                self.trainer, type(self).__name__, compile=self.compile_blocks,
+                activation_checkpointing=self.activation_checkpointing,
+                config_checkpointing=self.dit_config.activation_checkpointing, init_weights=self.init_weights,
+            )
         vae = self._vae.module if self._vae is not None else None
         if vae is not None:
             channels = vae.config.latent_channels
@@ -290,8 +282,7 @@ class JDiTModule(LightningModule):
         batch_idx = getattr(self, "_batch_idx", 0)
         # evaluation draws do not depend on the step: validation losses are comparable between epochs
         step = self.global_step if self.training else -1
-        seed = _step_seed(self.seed, *map(ord, stream), step, batch_idx, self.global_rank)
-        return torch.Generator(device=device).manual_seed(seed)
+        return derive_generator(self.seed, stream, step, batch_idx, self.global_rank, device=device)
 
     # ------------------------------------------------------------------ training
     def flow_loss(self, batch: dict[str, Any], *, dropout: float) -> dict[str, Tensor]:
@@ -377,8 +368,8 @@ class JDiTModule(LightningModule):
         sub = {k: (v[rows] if isinstance(v, Tensor) else v) for k, v in batch.items()}
         context, x1 = self.latents(sub)
         keys = batch.get("keys")
-        seeds = [_step_seed(self.sample_seed, *map(ord, str(keys[i][-1] if keys else f"{batch_idx}-{i}"))) for i in rows]
-        noise_gen = torch.Generator().manual_seed(seeds[0] if len(seeds) == 1 else _step_seed(*seeds))
+        # the same examples get the same noise every epoch: seeded by the query keys
+        noise_gen = derive_generator(self.sample_seed, *(keys[i][-1] if keys else f"{batch_idx}-{i}" for i in rows))
         pred = self.sample(context, x1.shape, generator=noise_gen)  # [b, C, t, h, w]
         pred_px = self._decode(pred)
         if pred_px is None:
@@ -474,15 +465,18 @@ class JDiTModule(LightningModule):
         return table
 
     def _log_images(self, stage: str) -> None:
+        """One ``query | prediction | target`` grid per task, drawn by the grid helper of the media logger
+        (:func:`lavinkit.lit.callbacks.media_panels`) that lays out the ST-VAE's reconstructions too."""
         logger = self.logger
         experiment = getattr(logger, "experiment", None) if logger is not None else None
         if experiment is None or not hasattr(experiment, "add_image") or not self._images:
             return
-        from torchvision.utils import make_grid
+        from lavinkit.lit.callbacks import media_panels
 
         for task, rows in sorted(self._images.items()):
-            tiles = torch.cat(rows, dim=0)  # [3 n, 3, H, W]: query | prediction | target per row
-            grid = make_grid(((tiles + 1) / 2).clamp(0, 1), nrow=3, padding=2)
+            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, H, W]
+            columns = [tiles[:, k].unsqueeze(2) for k in range(3)]  # 3 x [n, 3, 1, H, W]
+            grid = media_panels(columns, max_samples=len(rows))[""]
             experiment.add_image(f"{stage}/{task}", grid, global_step=self.global_step)
 
     def on_validation_epoch_start(self) -> None:

@@ -11,9 +11,10 @@ The module only orchestrates injected parts:
 Training uses manual optimisation with two optimizers and ONE backward per step: the generator's adversarial
 term sees the discriminator with detached parameters and the discriminator loss sees the reconstruction
 detached, so ``backward(generator loss + discriminator loss)`` gives each model exactly its own gradient.
-``trainer.global_step`` counts generator updates (one per batch that was not skipped); the discriminator's
-``step()`` is kept out of Lightning's step count, so ``max_steps``, ``disc_start`` and EMA schedules mean the
-same before and after the discriminator switches on.
+``trainer.global_step`` counts generator updates (one per batch that was not skipped): the generator steps through
+its ``LightningOptimizer`` (counted), the discriminator through the strategy's public ``optimizer_step`` (precision
+plugin and hooks applied, not counted), so ``max_steps``, ``disc_start`` and EMA schedules mean the same before and
+after the discriminator switches on.
 
 Stage 1 trains on image pairs, stage 2 on images + clips (a mixture DataModule; every batch is one
 modality). Both the input and the target frames of every pair are training examples. Stage 2 starts from
@@ -37,8 +38,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from lavinkit.lit.utils import check_manual_optimization_strategy, step_generator
+from lavinkit.lit.utils import (
+    build_init_arg,
+    check_manual_optimization_strategy,
+    save_plain_hyperparameters,
+    step_generator,
+)
 from lavinkit.losses import AdversarialLoss, KLLoss, PerceptualLoss, ReconstructionLoss, total
 from lavinkit.models.io import LAVINKIT_KEY
 from lavinkit.models.stvae import STVAE, STVAEConfig
@@ -46,7 +53,7 @@ from lavinkit.models.stvae import STVAE, STVAEConfig
 KIND, PREFIX = "stvae", "vae."
 
 
-def _noop() -> None:
+def _no_closure() -> None:
     return None
 
 
@@ -112,7 +119,18 @@ class STVAEModule(pl.LightningModule):
         pair_sides: Literal["both", "target"] = "both",
     ) -> None:
         super().__init__()
+        # every argument as a plain value: checkpoints load with weights_only=True and
+        # STVAEModule.load_from_checkpoint(path) rebuilds the module (and its components) from them alone
+        save_plain_hyperparameters(self)
+        reconstruction, kl = build_init_arg(reconstruction, nn.Module), build_init_arg(kl, nn.Module)
+        perceptual, adversarial = build_init_arg(perceptual, nn.Module), build_init_arg(adversarial, nn.Module)
+        optimizer = build_init_arg(optimizer, torch.optim.Optimizer, factory=True)
+        disc_optimizer = build_init_arg(disc_optimizer, torch.optim.Optimizer, factory=True)
+        scheduler = build_init_arg(scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
+        disc_scheduler = build_init_arg(disc_scheduler, torch.optim.lr_scheduler.LRScheduler, factory=True)
         self.automatic_optimization = False
+        if isinstance(vae, dict):  # a described STVAEConfig (hyperparameters of a checkpoint)
+            vae = STVAEConfig.from_dict(vae)
         if isinstance(vae, str):
             config = STVAEConfig.from_name(vae, **(vae_overrides or {}))
         elif isinstance(vae, STVAEConfig):
@@ -143,18 +161,15 @@ class STVAEModule(pl.LightningModule):
             raise ValueError(f"STVAEModule: pair_sides must be 'both' or 'target', got {pair_sides!r}")
         self.pair_sides = pair_sides
         self._initialised_from: str | None = None
+        # torchmetrics states are not persistent: they follow the module's device and stay out of checkpoints
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         # persistent counter (resumes with the run)
         self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
-        # plain-type hyperparameters only: checkpoints must load with torch.load(weights_only=True)
-        self.save_hyperparameters(
-            {
-                "vae_config": config.to_dict(),
-                "init_from": init_from,
-                "sample_posterior": sample_posterior,
-                "grad_clip_norm": grad_clip_norm,
-                "seed": seed,
-            }
-        )
+
+    @property
+    def _val_metrics(self) -> dict[str, Any]:
+        return {"psnr": self.val_psnr, "ssim": self.val_ssim}
 
     # ------------------------------------------------------------------ setup
     def ema_target(self) -> nn.Module:
@@ -300,7 +315,7 @@ class STVAEModule(pl.LightningModule):
             if g_sched is not None:
                 g_sched.step()
             if d_opt is not None and d_terms:
-                self._step_uncounted(d_opt)
+                self._step_discriminator(d_opt)
                 if d_sched is not None:
                     d_sched.step()
         self._log_train(g_terms, d_terms, stats, g_loss, x, skip)
@@ -318,16 +333,10 @@ class STVAEModule(pl.LightningModule):
         max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else float("inf")
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    @staticmethod
-    def _step_uncounted(opt) -> None:
-        # Lightning counts every optimizer.step() in manual optimisation as a global step (through these two
-        # hooks of LightningOptimizer, re-set before every batch); the discriminator's step is not counted.
-        before, after = opt._on_before_step, opt._on_after_step
-        opt._on_before_step = opt._on_after_step = _noop
-        try:
-            opt.step()
-        finally:
-            opt._on_before_step, opt._on_after_step = before, after
+    def _step_discriminator(self, opt) -> None:
+        # LightningOptimizer.step() counts a global step in manual optimisation; the discriminator's update goes
+        # through the same strategy/precision path without being counted (global_step = generator updates).
+        self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure, model=self)
 
     def _log_train(self, g_terms, d_terms, stats, g_loss, x, skipped: bool) -> None:
         logs = {f"train/{k}": v.detach().float() for k, v in {**g_terms, **d_terms, **stats}.items()}
@@ -344,16 +353,8 @@ class STVAEModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-
-        # built lazily (not in __init__): metric states would otherwise join the checkpointed state dict
-        if not hasattr(self, "_val_metrics"):
-            self._val_metrics = {
-                "psnr": PeakSignalNoiseRatio(data_range=1.0),
-                "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
-            }
         for m in self._val_metrics.values():
-            m.to(self.device).reset()
+            m.reset()
         # float64 sum, sum of squares and count of the posterior means seen in this validation epoch
         self._latent_moments = torch.zeros(3, dtype=torch.float64, device=self.device)
 
@@ -398,7 +399,9 @@ class STVAEModule(pl.LightningModule):
         """
         self.vae.config.latent_shift = float(shift)
         self.vae.config.latent_scale = float(scale)
-        self.hparams["vae_config"] = self.vae.config.to_dict()
+        overrides = dict(self.hparams.get("vae_overrides") or {})
+        overrides.update(latent_shift=float(shift), latent_scale=float(scale))
+        self.hparams["vae_overrides"] = overrides
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

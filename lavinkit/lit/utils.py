@@ -1,18 +1,26 @@
-"""Small shared pieces of the LightningModules: strategy checks and per-step random generators."""
+"""Small shared pieces of the LightningModules: strategy checks, per-step random generators and the plain
+(``weights_only``-loadable) hyperparameters that let ``Module.load_from_checkpoint(path)`` rebuild a module."""
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import inspect
+import sys
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+
+from lavinkit.seeding import derive_generator
 
 
 def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) -> None:
     """Reject strategies and precisions a two-optimizer, manually optimised module cannot train with.
 
     Raises:
-        ValueError: DeepSpeed (one optimizer per engine), Lightning's FSDP (no manual optimisation), or fp16
+        ValueError: DeepSpeed (one optimizer per engine), Lightning's FSDP (no manual optimisation), FSDP2 through
+            ``ModelParallelStrategy`` (the module does not shard itself; DDP serves a model this size), or fp16
             mixed precision (a GradScaler is not stepped by the manual loop; use ``bf16-mixed``). The message
             names the option.
     """
@@ -29,6 +37,11 @@ def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) ->
             f"{module_name}: trainer.strategy=fsdp is not supported: Lightning's FSDP does not support manual "
             "optimisation; use strategy: ddp"
         )
+    if type(strategy).__name__ == "ModelParallelStrategy":
+        raise ValueError(
+            f"{module_name}: trainer.strategy=ModelParallelStrategy (FSDP2) is not supported: the VAE-GAN is small "
+            "and manually optimised with two optimizers; use strategy: ddp"
+        )
     precision = str(getattr(trainer.precision_plugin, "precision", ""))
     if precision in ("16-mixed", "16"):
         raise ValueError(
@@ -40,10 +53,131 @@ def check_manual_optimization_strategy(trainer: pl.Trainer, module_name: str) ->
 def step_generator(seed: int, step: int, batch_idx: int, rank: int, device: torch.device) -> torch.Generator:
     """A generator seeded from ``(seed, step, batch_idx, rank)``: a resumed run draws what the uninterrupted
     run draws at the same step, without checkpointing RNG states."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{batch_idx}/{rank}".encode(), digest_size=8).digest()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-    return gen
+    return derive_generator(seed, step, batch_idx, rank, device=device)
 
 
-__all__ = ["check_manual_optimization_strategy", "step_generator"]
+def is_plain(value: Any) -> bool:
+    """True for values that ``torch.load(weights_only=True)`` reads back (hyperparameters in checkpoints)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    return False
+
+
+class _Undescribable(Exception):
+    pass
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(value: Any) -> Any:
+    if is_plain(value):
+        return list(value) if isinstance(value, tuple) else value
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if hasattr(value, "to_dict") and callable(value.to_dict):  # model configs
+        return value.to_dict()
+    if isinstance(value, type):
+        return {"class_path": _class_path(value)}
+    if isinstance(value, functools.partial):
+        # partial(cls, **kw), or jsonargparse's partial(call_without_instantiate_context, instantiator, cls, **kw)
+        cls = value.func if isinstance(value.func, type) and not value.args else (value.args or (None,))[-1]
+        if not isinstance(cls, type):
+            raise _Undescribable(repr(value))
+        return {"class_path": _class_path(cls), "init_args": _describe(dict(value.keywords))}
+    if callable(value) and not hasattr(value, "__dict__"):
+        raise _Undescribable(repr(value))
+    try:
+        params = inspect.signature(type(value).__init__).parameters
+    except (TypeError, ValueError) as err:
+        raise _Undescribable(repr(value)) from err
+    init_args = {}
+    for name, param in list(params.items())[1:]:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if hasattr(value, name):
+            init_args[name] = _describe(getattr(value, name))
+        elif param.default is inspect.Parameter.empty:
+            raise _Undescribable(f"{type(value).__name__}.{name}")
+    return {"class_path": _class_path(type(value)), "init_args": init_args}
+
+
+def describe_init_args(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Constructor arguments -> plain values ``build_init_arg`` turns back into them, and the names it cannot describe.
+
+    Plain values stay; model configs become their ``to_dict()``; classes and ``functools.partial`` of classes
+    (optimizer factories) become ``{"class_path"[, "init_args"]}``; other objects (loss modules, discriminators)
+    become ``{"class_path", "init_args"}`` with the arguments read back from same-named attributes (arguments
+    that are not stored default). Lambdas and objects whose required arguments are not stored cannot be described.
+    """
+    out, lost = {}, []
+    for name, value in values.items():
+        try:
+            out[name] = _describe(value)
+        except _Undescribable:
+            lost.append(name)
+    return out, lost
+
+
+def save_plain_hyperparameters(module: Any) -> list[str]:
+    """``module.save_hyperparameters`` with the caller's (``__init__``'s) arguments described by
+    :func:`describe_init_args`: the checkpoint loads with ``weights_only=True`` and
+    ``type(module).load_from_checkpoint(path)`` rebuilds the module from it alone (the constructor passes the
+    described arguments through :func:`build_init_arg`). Returns the names that could not be described (they are
+    left out with a warning; ``load_from_checkpoint`` then needs them passed)."""
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    frame = inspect.currentframe().f_back
+    names = [n for n, p in inspect.signature(type(module).__init__).parameters.items()
+             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    values = {n: frame.f_locals[n] for n in names if n in frame.f_locals}
+    del frame
+    described, lost = describe_init_args(values)
+    if lost:
+        rank_zero_warn(
+            f"{type(module).__name__}: constructor arguments {lost} cannot be stored as plain hyperparameters "
+            "(lambdas, objects that do not keep their arguments); load_from_checkpoint(path, ...) needs them passed"
+        )
+    module.save_hyperparameters(described)
+    return lost
+
+
+def _resolve_class(path: str, base: type) -> type:
+    module_name, _, name = path.rpartition(".")
+    module = sys.modules.get(module_name)
+    cls = getattr(module, name, None) if module is not None else None
+    if not isinstance(cls, type) or not issubclass(cls, base):
+        raise ValueError(
+            f"class_path {path!r} is not an imported subclass of {base.__module__}.{base.__qualname__}; import the "
+            "module that defines it before loading"
+        )
+    return cls
+
+
+def build_init_arg(value: Any, base: type, *, factory: bool = False) -> Any:
+    """The inverse of :func:`describe_init_args` for one argument: a ``{"class_path", "init_args"}`` dict becomes an
+    instance of ``base`` (``factory=True``: a ``functools.partial`` of the class, e.g. an optimizer factory); nested
+    specs are built as instances of ``object``. Anything else is returned unchanged. Only classes already imported
+    are built (a checkpoint cannot import code)."""
+    if not (isinstance(value, Mapping) and "class_path" in value):
+        return value
+    cls = _resolve_class(str(value["class_path"]), base)
+    kwargs = {k: build_init_arg(v, object) for k, v in (value.get("init_args") or {}).items()}
+    return functools.partial(cls, **kwargs) if factory else cls(**kwargs)
+
+
+__all__ = [
+    "build_init_arg",
+    "save_plain_hyperparameters",
+    "check_manual_optimization_strategy",
+    "describe_init_args",
+    "is_plain",
+    "step_generator",
+]

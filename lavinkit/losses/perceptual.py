@@ -95,6 +95,8 @@ class PerceptualLoss(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), False)
         self.weights_path = str(weights_path)
+        self.backbone = backbone
+        self.out_indices = list(out_indices) if out_indices is not None else None
         self.weight = float(weight)
 
     @property

@@ -60,7 +60,7 @@ def test_pack_task_folders_and_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "n1_input.png has no matching n1_target" in err and "Traceback" not in err
     shutil.rmtree(root / "flip")
-    assert main(["data", "pack", "--task-folders", str(tmp_path / "absent"), "--out", str(tmp_path / "o3")]) == 1
+    assert main(["data", "pack", "--task-folders", str(tmp_path / "absent"), "--out", str(tmp_path / "o3")]) == 2
     assert "absent" in capsys.readouterr().err
 
 
@@ -78,5 +78,5 @@ def test_pack_videos(tmp_path, capsys):
     assert "packed 2 pairs" in capsys.readouterr().out
     assert main(["data", "validate", str(out), "--decode", "false"]) == 0
     assert main(["data", "pack", "--videos", str(videos), "--transform", "video_denoising", "--frames", "6",
-                 "--out", str(tmp_path / "o2")]) == 1
+                 "--out", str(tmp_path / "o2")]) == 2
     assert "--frames must be 1 + 4k" in capsys.readouterr().err

@@ -33,7 +33,16 @@ class JDiTConfig:
         rope_theta: RoPE base.
         frequency_dim: size of the sinusoidal timestep features.
         norm_eps: eps of every RMSNorm (pre/post sandwich norms, QK norms, final norm).
-        attention: attention backend: a name in :mod:`lavinkit.nn.attention` or a callable/class.
+        attention: softmax backend: a name in :mod:`lavinkit.nn.attention` (``sdpa``, ``naive``) or a callable/class;
+            used by the attention core for its dense calls.
+        attention_core: attention core over the joint sequence (:mod:`lavinkit.nn.attention.plugins`): a
+            registered name (``full``, ``flex``, ``pair_local``, ``factorized``, ``infini``, ...), an import path
+            ``package.module:Class`` or a class; ``None`` = ``full`` (the official full joint attention).
+        attention_core_options: keyword options of the core (e.g. ``{rule: pair_local}`` for ``flex``,
+            ``{update: delta}`` for ``infini``).
+        token_mixer: a token mixer that replaces the whole attention sub-layer (e.g. ``diffussm``); excludes
+            ``attention_core``.
+        token_mixer_options: keyword options of the mixer.
         activation_checkpointing: recompute every block in backward (non-reentrant checkpoint).
         drop_path: stochastic-depth rate on every residual branch (same rate in every block; 0 = off).
         freeze_dead_params: set ``requires_grad=False`` on the last block's context-stream parameters
@@ -58,6 +67,10 @@ class JDiTConfig:
     frequency_dim: int = 256
     norm_eps: float = 1e-6
     attention: str | Callable[..., Any] = "sdpa"
+    attention_core: str | type | None = None
+    attention_core_options: dict[str, Any] = field(default_factory=dict)
+    token_mixer: str | type | None = None
+    token_mixer_options: dict[str, Any] = field(default_factory=dict)
     activation_checkpointing: bool = False
     drop_path: float = 0.0
     freeze_dead_params: bool = True
@@ -113,6 +126,35 @@ class JDiTConfig:
                     f"registered: {', '.join(available_attention())}"
                 )
 
+        self._check_plugins()
+
+    def _check_plugins(self) -> None:
+        from lavinkit.nn.attention.plugins import get_core, get_mixer
+
+        for name, getter in (("attention_core", get_core), ("token_mixer", get_mixer)):
+            spec = getattr(self, name)
+            if spec is None:
+                continue
+            try:
+                getter(spec)
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"JDiTConfig.{name}: {err.args[0]}") from None
+        for name in ("attention_core_options", "token_mixer_options"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, {})
+            elif not isinstance(value, dict):
+                raise ValueError(f"JDiTConfig.{name} must be a mapping of keyword options, got {value!r}")
+        if self.token_mixer is not None and self.attention_core is not None:
+            raise ValueError(
+                f"JDiTConfig: token_mixer {self.token_mixer!r} replaces the whole attention sub-layer, so "
+                f"attention_core {self.attention_core!r} would never run; set only one of them"
+            )
+        if self.token_mixer is None and self.token_mixer_options:
+            raise ValueError("JDiTConfig.token_mixer_options is set but token_mixer is not")
+        if self.token_mixer is not None and self.attention_core_options:
+            raise ValueError("JDiTConfig.attention_core_options is set but a token_mixer replaces the attention core")
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
@@ -156,6 +198,13 @@ class JDiTConfig:
                     "lavinkit.nn.attention.register_attention to save the config"
                 )
             out["attention"] = name
+        from lavinkit.nn.attention.plugins import CORES, MIXERS
+
+        for name, registry in (("attention_core", CORES), ("token_mixer", MIXERS)):
+            spec = getattr(self, name)
+            if isinstance(spec, type):
+                registered = registry.name_of(spec)
+                out[name] = registered or f"{spec.__module__}:{spec.__qualname__}"
         out["patch_size"] = list(self.patch_size)
         if self.rope_axes_dims is not None:
             out["rope_axes_dims"] = list(self.rope_axes_dims)

@@ -12,6 +12,8 @@ from torch.utils.checkpoint import checkpoint
 from lavinkit.models.jdit.block import FinalLayer, JointBlock
 from lavinkit.models.jdit.config import JDiTConfig
 from lavinkit.models.jdit.sequence import joint_positions, key_padding_mask, pair_partners
+from lavinkit.nn.attention.layout import build_layout
+from lavinkit.nn.attention.plugins import AttentionCore, TokenMixer
 from lavinkit.nn.embed import PatchEmbed, TimestepEmbedder, unpatchify
 from lavinkit.nn.rope import rope_cos_sin
 
@@ -56,6 +58,15 @@ class JDiT(nn.Module):
         """The repeated block class (for FSDP auto-wrap and activation-checkpointing policies)."""
         return JointBlock
 
+    def attention_metrics(self) -> dict[str, float]:
+        """Scalars the attention cores report, keyed ``blocks.<i>.<name>`` (Infini-attention: the per-head
+        memory gate ``sigmoid(beta)``), for a training loop to log."""
+        out = {}
+        for i, block in enumerate(self.blocks):
+            if block.core is not None:
+                out.update({f"blocks.{i}.{k}": v for k, v in block.core.metrics().items()})
+        return out
+
     def dead_parameters(self) -> list[nn.Parameter]:
         """Parameters that cannot influence the output (official-arch s.2.7), kept only for loading."""
         return self.blocks[-1].dead_parameters()
@@ -87,6 +98,9 @@ class JDiT(nn.Module):
         for layer in (self.final.modulation, self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        for module in self.modules():
+            if isinstance(module, (AttentionCore, TokenMixer)) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
     def _check_inputs(self, x, t, context, context_lengths) -> None:
         cfg = self.config
@@ -165,12 +179,15 @@ class JDiT(nn.Module):
         if context_lengths is not None:
             mask = key_padding_mask(context_lengths.to(x.device), tc, tx, hp * wp)
 
+        layout = build_layout(tc, tx, hp, wp, cos, sin, cfg.axes_dims, cfg.head_dim**-0.5, key_mask=mask,
+                              context_lengths=context_lengths)
+
         use_checkpoint = cfg.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
             if use_checkpoint:
-                h_ctx, h_tgt = checkpoint(block, h_ctx, h_tgt, c_ctx, c_tgt, cos, sin, mask, use_reentrant=False)
+                h_ctx, h_tgt = checkpoint(block, h_ctx, h_tgt, c_ctx, c_tgt, layout, use_reentrant=False)
             else:
-                h_ctx, h_tgt = block(h_ctx, h_tgt, c_ctx, c_tgt, cos, sin, mask)
+                h_ctx, h_tgt = block(h_ctx, h_tgt, c_ctx, c_tgt, layout)
 
         out = self.final(h_tgt, c_tgt)  # [B, Tx*H'*W', pH*pW*C]
         out = unpatchify(out.reshape(b, tx, hp, wp, -1), cfg.patch_size, c)

@@ -1,17 +1,23 @@
-"""Joint token sequence of the J-DiT: position ids, key-padding masks, CFG batching.
+"""Joint token sequence of the J-DiT: position ids and key-padding masks.
 
 The joint sequence is the context tokens (``Tc`` frames, t-major then row then column) followed by
 the target tokens (``Tx`` frames). 3-D RoPE positions come from one ``(Tc + Tx, H', W')`` grid, so
 target frame ``f`` sits at temporal index ``Tc + f``. With ``context_lengths`` (valid context frames
 per row) the target of row ``b`` starts at ``context_lengths[b]`` instead, and context frames past it
 are padding that no query may attend to. In-context pairs are thus told apart by positions only.
+
+The null context and the batched CFG inputs are defined once, in :mod:`lavinkit.flow.guidance`; ``null_context``,
+``cfg_batch`` (= ``build_cfg_batch``) and ``pad_frames`` (= ``pad_context``) are re-exported here under their
+earlier names.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from lavinkit.flow.guidance import build_cfg_batch as cfg_batch  # noqa: F401 - earlier name, re-exported
+from lavinkit.flow.guidance import null_context  # noqa: F401 - re-exported
+from lavinkit.flow.guidance import pad_context as pad_frames  # noqa: F401 - earlier name, re-exported
 from lavinkit.nn.rope import grid_positions
 
 
@@ -95,41 +101,3 @@ def key_padding_mask(
         context_lengths.shape[0], target_frames * tokens_per_frame, dtype=torch.bool, device=device
     )
     return torch.cat([ctx_valid, tgt_valid], dim=1)[:, None, None, :]
-
-
-def null_context(context: torch.Tensor) -> torch.Tensor:
-    """The official unconditional context: ``[zeros frame, query frame]`` (``[B, C, 2, H, W]``).
-
-    ``context`` is ``[B, C, Tc, H, W]`` with the query latent last.
-    """
-    return torch.cat([torch.zeros_like(context[:, :, :1]), context[:, :, -1:]], dim=2)
-
-
-def pad_frames(context: torch.Tensor, frames: int) -> torch.Tensor:
-    """Zero-pad ``[B, C, T, H, W]`` along time to ``frames`` frames."""
-    extra = frames - context.shape[2]
-    if extra < 0:
-        raise ValueError(f"cannot pad {context.shape[2]} frames down to {frames}")
-    return F.pad(context, (0, 0, 0, 0, 0, extra)) if extra else context
-
-
-def cfg_batch(
-    x: torch.Tensor, t: torch.Tensor, context: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs for classifier-free guidance in ONE batched forward.
-
-    Rows ``[:B]`` carry the full context, rows ``[B:]`` the null context ``[zeros, query]``, zero-padded
-    to a common length and described by ``context_lengths``; with them,
-    ``c, u = model(*cfg_batch(x, t, context)).chunk(2)`` equals the two official forward passes.
-
-    Args:
-        x: ``[B, C, Tx, H, W]`` noisy target, t: ``[B]``, context: ``[B, C, Tc, H, W]``.
-
-    Returns:
-        ``(x2 [2B, ...], t2 [2B], context2 [2B, C, max(Tc, 2), H, W], context_lengths [2B])``.
-    """
-    b, tc = context.shape[0], context.shape[2]
-    frames = max(tc, 2)
-    context2 = torch.cat([pad_frames(context, frames), pad_frames(null_context(context), frames)], dim=0)
-    lengths = torch.tensor([tc] * b + [2] * b, dtype=torch.long, device=context.device)
-    return torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), context2, lengths

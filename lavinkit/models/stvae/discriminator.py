@@ -46,6 +46,8 @@ class NLayerDiscriminator(nn.Module):
             raise ValueError(f"NLayerDiscriminator: num_layers={num_layers} must be >= 1")
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         self.dims = dims
+        self.in_channels, self.base_channels, self.num_layers = in_channels, base_channels, num_layers
+        self.temporal_stride = temporal_stride
 
         def stride(s: int):
             return s if dims == 2 else (min(s, temporal_stride), s, s)
