@@ -146,9 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lavinkit {__version__}")
         return 0
     if command in TRAINER_COMMANDS:
-        # LightningCLI reads sys.argv itself; explicit args are for calls from Python.
-        return run_command(command, lambda: LavinCLI.build(args=None if from_sys else [command, *rest], run=True),
-                           catch_all=False)
+
+        def train() -> int:
+            # LightningCLI reads sys.argv itself; explicit args are for calls from Python.
+            LavinCLI.build(args=None if from_sys else [command, *rest], run=True)
+            return 0  # the run finished; failures raise
+
+        return run_command(command, train, catch_all=False)
     if command in TOOL_COMMANDS:
         module = importlib.import_module(f"lavinkit.commands.{command}")
         return run_command(command, lambda: module.main(rest))

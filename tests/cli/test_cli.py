@@ -38,3 +38,18 @@ def test_fit_help_shows_lightning_options(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--model" in out and "--data" in out and "--trainer" in out
+
+
+def test_fit_runs_to_the_end_and_returns_zero(demo_data, tmp_path, monkeypatch):
+    """``lavinkit fit`` exits 0 after a finished run (the quickstart script runs under ``set -e``)."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "stvae" / "tiny_stage1.yaml"
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(recipe), "--trainer.max_steps", "2", "--trainer.logger", "false",
+                 "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                 "--trainer.enable_progress_bar", "false",
+                 "--data.init_args.train_urls", str(demo_data / "train" / "images-*.tar"),
+                 "--data.init_args.val_urls", str(demo_data / "val" / "images-*.tar"),
+                 "--data.init_args.size", "32", "--data.init_args.val_batches", "1"])
+    assert code == 0
