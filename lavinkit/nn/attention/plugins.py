@@ -25,6 +25,7 @@ Register with ``@register_core("name")`` / ``@register_mixer("name")`` and selec
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 from collections.abc import Callable, Iterator
@@ -121,7 +122,7 @@ class PluginRegistry:
 
 
 # ---------------------------------------------------------------------------------------------- cores
-class AttentionCore(nn.Module):
+class AttentionCore(nn.Module, metaclass=abc.ABCMeta):
     """Base class of attention cores: ``forward(q, k, v, layout) -> o`` (shapes in the module docstring).
 
     Subclasses implement :meth:`attend`, set :attr:`capabilities`, and either set :attr:`rule` (the token rule
@@ -190,8 +191,9 @@ class AttentionCore(nn.Module):
         self.check(q, k, v, layout)
         return self.attend(q, k, v, layout)
 
+    @abc.abstractmethod
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: JointLayout) -> torch.Tensor:
-        raise NotImplementedError
+        """The core's attention output ``[B, H, Lq, hd]`` (inputs already checked against its capabilities)."""
 
     def reference(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: JointLayout) -> torch.Tensor:
         """The same math the slow, obvious way: ``naive`` softmax with the dense mask of :attr:`rule`."""
@@ -206,7 +208,7 @@ class AttentionCore(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- mixers
-class TokenMixer(nn.Module):
+class TokenMixer(nn.Module, metaclass=abc.ABCMeta):
     """Base class of token mixers: ``forward(a_ctx, a_tgt, c_ctx, c_tgt, layout) -> (o_ctx | None, o_tgt)``.
 
     Args:
@@ -246,8 +248,9 @@ class TokenMixer(nn.Module):
         self.check(a_ctx, a_tgt, layout)
         return self.mix(a_ctx, a_tgt, c_ctx, c_tgt, layout)
 
+    @abc.abstractmethod
     def mix(self, a_ctx, a_tgt, c_ctx, c_tgt, layout):
-        raise NotImplementedError
+        """``(o_ctx [B, Lc, D] | None, o_tgt [B, Lx, D])`` (inputs already checked against its capabilities)."""
 
 
 CORES = PluginRegistry("attention core", AttentionCore, "register_core")
