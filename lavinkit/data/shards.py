@@ -135,8 +135,13 @@ def task_counts_from_index(index: dict | None, urls: Sequence[str] = ()) -> dict
 # --------------------------------------------------------------------------------------------- index
 
 
+class ShardWriteError(OSError):
+    """A shard could not be written (disk full, file size limit, I/O error); the message names the shard, says
+    that the partial shard was removed and that no ``index.json`` was written."""
+
+
 class PairShardWriter:
-    """``webdataset.ShardWriter`` that records what each shard holds, for ``index.json``.
+    """``webdataset.ShardWriter`` that writes each shard atomically and records what it holds, for ``index.json``.
 
     Args:
         out_dir: folder for the shards.
@@ -144,7 +149,14 @@ class PairShardWriter:
         maxcount, maxsize: start a new shard after this many samples / bytes.
         mtime: tar member mtime (fixed by default: reproducible bytes).
 
-    The underlying writer is opened on the first sample, so writing nothing leaves no empty shard.
+    Each shard is written to a hidden temporary in ``out_dir`` (:mod:`lavinkit.fileio`) and renamed to its final
+    name only once it is complete (end-of-archive written, fsync'ed), so a final-named shard is always whole. Used
+    as a context manager, an exception closes nothing: the shard being written is removed and dropped from
+    :attr:`shards` (finished shards stay); an ``OSError`` is re-raised as :class:`ShardWriteError` naming the shard.
+    Opening the first shard removes the ``index.json`` of ``out_dir`` (it described the files being replaced; the
+    caller writes a new one with :func:`write_index` after :meth:`close`) and temporaries that killed writers of
+    ``<prefix>-*.tar`` left there. The underlying writer is opened on the first sample, so writing nothing leaves
+    no empty shard.
     """
 
     def __init__(self, out_dir: str | Path, prefix: str, *, maxcount: int = DEFAULT_MAXCOUNT,
@@ -155,7 +167,24 @@ class PairShardWriter:
         self.prefix = prefix
         self.maxcount, self.maxsize, self.mtime = maxcount, maxsize, mtime
         self._writer = None
+        self._open: tuple[Path, object] | None = None  # (temporary path, file) of the shard being written
         self.shards: dict[str, dict] = {}
+
+    def _open_temporary(self, fname: str):
+        from lavinkit.fileio import open_temporary
+
+        tmp, f = open_temporary(fname)
+        self._open = (tmp, f)
+        return f
+
+    def _finish_shard(self, fname: str) -> None:
+        """``ShardWriter``'s ``post`` hook: the tar is closed (end-of-archive written); publish it."""
+        from lavinkit.fileio import commit
+
+        tmp, f = self._open
+        f.close()
+        commit(tmp, fname)
+        self._open = None
 
     def write(self, sample: dict) -> None:
         """Write one sample (from :func:`lavinkit.data.schema.make_sample`, or any sample whose json has
@@ -163,10 +192,15 @@ class PairShardWriter:
         import webdataset as wds
 
         if self._writer is None:
+            from lavinkit.fileio import remove_orphans
+
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / INDEX_NAME).unlink(missing_ok=True)
+            remove_orphans(self.out_dir, f"{self.prefix}-*.tar")
             pattern = str(self.out_dir / f"{self.prefix}-%06d.tar")
+            # webdataset's writer writes straight to the final name; the opener/post hooks give it a temporary
             self._writer = wds.ShardWriter(pattern, maxcount=self.maxcount, maxsize=self.maxsize, verbose=0,
-                                           mtime=self.mtime)
+                                           mtime=self.mtime, opener=self._open_temporary, post=self._finish_shard)
         self._writer.write(sample)
         meta = json.loads(sample["json"])
         name = Path(self._writer.fname).name
@@ -183,9 +217,15 @@ class PairShardWriter:
             rec["modality"] = "mixed"
 
     def close(self) -> list[dict]:
-        """Close the last shard; returns the shard records (with file sizes)."""
+        """Finish and publish the last shard; returns the shard records (with file sizes)."""
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except BaseException as err:
+                failure = self._failed(err)
+                if failure is err:
+                    raise
+                raise failure from err
             self._writer = None
         for rec in self.shards.values():
             rec["bytes"] = os.path.getsize(self.out_dir / rec["url"])
@@ -193,15 +233,53 @@ class PairShardWriter:
             rec["sizes"].sort()
         return list(self.shards.values())
 
+    def abort(self) -> str | None:
+        """Remove the shard being written (and its record); finished shards stay. Returns its name, if any."""
+        name = None
+        if self._writer is not None:
+            name = Path(self._writer.fname).name if self._open is not None else None
+            self._writer = None  # its tar stream is dropped unfinished: the bytes go nowhere but the temporary
+        if self._open is not None:
+            tmp, f = self._open
+            self._open = None
+            try:
+                f.close()
+            except OSError:  # the close flushes the buffer, which fails again on a full disk
+                pass
+            tmp.unlink(missing_ok=True)
+        if name is not None:
+            self.shards.pop(name, None)
+        return name
+
+    def _failed(self, err: BaseException) -> BaseException:
+        """Abort; an ``OSError`` becomes a :class:`ShardWriteError` that names the removed shard."""
+        name = self.abort()
+        if not isinstance(err, OSError) or isinstance(err, ShardWriteError):
+            return err
+        where = self.out_dir / name if name else self.out_dir
+        return ShardWriteError(
+            err.errno, f"{where}: writing the shard failed ({err.strerror or err}); the incomplete shard was removed "
+                       f"and no {INDEX_NAME} was written ({len(self.shards)} complete shards kept)")
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self.close()
+            return False
+        failure = self._failed(exc)
+        if failure is not exc:
+            raise failure from exc
+        return False
 
 
-def write_index(out_dir: str | Path, shards: Iterable[dict]) -> Path:
-    """Write ``out_dir/index.json`` from shard records (see the module docstring for the format)."""
+def write_index(out_dir: str | Path, shards: Iterable[dict], extra: dict | None = None) -> Path:
+    """Write ``out_dir/index.json`` atomically from shard records (see the module docstring for the format);
+    ``extra`` holds more top-level fields (e.g. ``encode``'s ``format`` and ``vae``). Call it after all shards
+    are written: its presence says the folder is complete."""
+    from lavinkit.fileio import atomic_write_text
+
     out_dir = Path(out_dir)
     shards = sorted(shards, key=lambda r: r["url"])
     tasks: dict[str, dict] = {}
@@ -216,11 +294,8 @@ def write_index(out_dir: str | Path, shards: Iterable[dict]) -> Path:
     for t in tasks.values():
         t["sizes"] = [list(s) for s in t["sizes"]]
     index = {"format": "lavinkit-pairs", "version": 1, "num_samples": sum(r["samples"] for r in shards),
-             "tasks": dict(sorted(tasks.items())), "shards": shards}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / INDEX_NAME
-    path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-    return path
+             "tasks": dict(sorted(tasks.items())), "shards": shards, **(extra or {})}
+    return atomic_write_text(out_dir / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True) + "\n")
 
 
 def read_index(path: str | Path) -> dict:
