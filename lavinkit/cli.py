@@ -72,6 +72,8 @@ class LavinCLI:
             run=run,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            # checkpoints replace last.ckpt atomically, also when the folder is on another filesystem than TMPDIR
+            trainer_defaults={"plugins": [{"class_path": "lavinkit.lit.checkpoint_io.AtomicCheckpointIO"}]},
         )
 
 

@@ -107,14 +107,18 @@ def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str
 
 
 def _save_official(state: dict[str, torch.Tensor], dst: Path, kwargs: dict[str, Any]) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    """Write an official-layout file; replaced atomically (an interrupted save leaves the previous ``dst``)."""
+    from lavinkit.fileio import atomic_open, atomic_path
+
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if dst.suffix in (".pt", ".pth", ".ckpt"):
-        torch.save({"state_dict": state}, dst)
+        with atomic_open(dst) as f:
+            torch.save({"state_dict": state}, f)
     else:
         from safetensors.torch import save_file
 
-        save_file(state, str(dst), metadata={"official_kwargs": json.dumps(kwargs)})
+        with atomic_path(dst) as tmp:
+            save_file(state, str(tmp), metadata={"official_kwargs": json.dumps(kwargs)})
 
 
 def guess_kind(state: dict[str, torch.Tensor]) -> str | None:

@@ -11,6 +11,8 @@ Reads pair shards (``<key>.input.<ext>``, ``<key>.target.<ext>``, ``<key>.json``
                                "normalized": true, "dtype", "mode", "seed"}}
 
 plus ``index.json`` (the pair-shard index format with ``"format": "lavinkit-latents"`` and the VAE record).
+Shards are renamed to their final names only when complete, and ``index.json`` is written last: a failed run
+(full disk, an unreadable input shard, Ctrl-C) leaves no partial shard under a final name and no index.
 Training on these shards (the latent DataModule) takes the VAE out of the J-DiT step.
 
 Example::
@@ -193,10 +195,8 @@ def encode_shards(
         flush()
     if count == 0:
         raise ValueError(f"--data {data}: the shards hold no samples")
-    index_path = write_index(out, writer.shards.values())
-    index = json.loads(index_path.read_text())
-    index.update(format=LATENT_FORMAT, vae=info, source=[str(u) for u in urls])
-    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    index_path = write_index(out, writer.shards.values(),
+                             extra={"format": LATENT_FORMAT, "vae": info, "source": [str(u) for u in urls]})
     print(f"wrote {count} latent pairs to {out} ({time.time() - start:.1f} s)", file=sys.stderr)
     return index_path
 

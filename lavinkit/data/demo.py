@@ -57,6 +57,7 @@ import numpy as np
 from lavinkit.data.media import encode_image, read_video_file
 from lavinkit.data.schema import is_valid_frames, make_sample
 from lavinkit.data.shards import PairShardWriter, write_index
+from lavinkit.fileio import atomic_write_bytes, atomic_write_text
 
 # --------------------------------------------------------------------------------------------- transforms
 # Every transform maps a uint8 [T, H, W, 3] source (T = 1 for images) and a numpy Generator to
@@ -429,8 +430,8 @@ def build_demo(
                     if split == "val" and modality == "image":
                         folder = out_dir / "tasks" / task
                         folder.mkdir(parents=True, exist_ok=True)
-                        (folder / f"{task}_{i:03d}_input.png").write_bytes(encode_image(inp[0], "png"))
-                        (folder / f"{task}_{i:03d}_target.png").write_bytes(encode_image(tgt[0], "png"))
+                        atomic_write_bytes(folder / f"{task}_{i:03d}_input.png", encode_image(inp[0], "png"))
+                        atomic_write_bytes(folder / f"{task}_{i:03d}_target.png", encode_image(tgt[0], "png"))
             shards += writer.shards.values()
         write_index(out_dir / split, shards)
     info = {
@@ -439,5 +440,5 @@ def build_demo(
         "tasks": {n: {"modality": t.modality, "description": t.description} for n, t in TASKS.items()},
         "sources": {split: sorted(s) for split, s in used_sources.items()},
     }
-    (out_dir / "demo.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(out_dir / "demo.json", json.dumps(info, indent=1, sort_keys=True) + "\n")
     return out_dir

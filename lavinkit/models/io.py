@@ -25,16 +25,17 @@ LAVINKIT_KEY = "lavinkit"
 def save_pretrained(path: str | Path, kind: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor],
                     extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``state_dict`` as safetensors with ``kind`` and ``config`` (and ``extra_metadata``, e.g. whether the
-    weights are EMA or raw) in the metadata (atomic replace)."""
+    weights are EMA or raw) in the metadata. The file is replaced atomically (:func:`lavinkit.fileio.atomic_path`):
+    an interrupted save leaves the previous file, never a partial one."""
     from safetensors.torch import save_file
 
+    from lavinkit.fileio import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata = {**(extra_metadata or {}), "lavinkit_kind": kind, "lavinkit_config": json.dumps(config)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
