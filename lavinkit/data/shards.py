@@ -238,7 +238,12 @@ class PairShardWriter:
         name = None
         if self._writer is not None:
             name = Path(self._writer.fname).name if self._open is not None else None
-            self._writer = None  # its tar stream is dropped unfinished: the bytes go nowhere but the temporary
+            tarstream, self._writer = self._writer.tarstream, None
+            if tarstream is not None:
+                try:  # close the tar stream now: left to the garbage collector, it writes into a closed file
+                    tarstream.close()
+                except (OSError, ValueError):  # a full disk fails again; the temporary is removed below
+                    pass
         if self._open is not None:
             tmp, f = self._open
             self._open = None
@@ -259,7 +264,7 @@ class PairShardWriter:
         where = self.out_dir / name if name else self.out_dir
         return ShardWriteError(
             err.errno, f"{where}: writing the shard failed ({err.strerror or err}); the incomplete shard was removed "
-                       f"and no {INDEX_NAME} was written ({len(self.shards)} complete shards kept)")
+                       f"and no {INDEX_NAME} was written (complete shards kept: {len(self.shards)})")
 
     def __enter__(self):
         return self
