@@ -254,6 +254,13 @@ def _write_task_folder(root: Path, sizes: list[int]) -> None:
             Image.fromarray(_noise_pair(rng, size)[0]).save(folder / f"p{i:02d}_{role}.png")
 
 
+def _limit_file_size(limit: int):
+    def apply():  # runs in the child before exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return apply
+
+
 def _tar_members(path: Path) -> list[str]:
     with tarfile.open(path) as tar:
         return tar.getnames()
@@ -284,13 +291,9 @@ def test_pack_on_a_full_disk_exits_nonzero_and_leaves_no_partial_shard(tmp_path)
     out = tmp_path / "out"
     limit = 40_000  # shard 0: 2 x 2 x 16x16 noise PNG (~8 KB); shard 1: 2 x 2 x 64x64 (~100 KB)
 
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
     proc = subprocess.run([sys.executable, "-m", "lavinkit.cli", "data", "pack", "--task-folders", str(tmp_path / "tasks"),
                            "--out", str(out), "--maxcount", "2", "--progress", "false"],
-                          capture_output=True, text=True, preexec_fn=limit_file_size, cwd=ROOT,
+                          capture_output=True, text=True, preexec_fn=_limit_file_size(limit), cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
@@ -303,6 +306,33 @@ def test_pack_on_a_full_disk_exits_nonzero_and_leaves_no_partial_shard(tmp_path)
 
     index = read_index(pack_task_folders(tmp_path / "tasks", out, maxcount=2))
     assert index["num_samples"] == 4 and sorted(os.listdir(out)) == ["images-000000.tar", "images-000001.tar", INDEX_NAME]
+
+
+def test_encode_on_a_full_disk_exits_nonzero_and_leaves_no_partial_shard(tmp_path):
+    """``lavinkit encode`` whose second latent shard (128x128 pairs) exceeds the file size limit: exit 1 naming
+    ``latents-000001.tar``, the first shard (32x32 pairs) whole, no partial shard, no index."""
+    from lavinkit.data.schema import make_sample
+    from lavinkit.models.stvae import STVAE, STVAEConfig
+
+    vae = tmp_path / "vae.safetensors"
+    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(vae)
+    rng = np.random.default_rng(2)
+    with PairShardWriter(tmp_path / "pairs", "images", maxcount=10) as writer:
+        for i, size in enumerate([32, 32, 128, 128]):
+            img = _noise_pair(rng, size)
+            writer.write(make_sample(f"k{i}", "t", img, img))
+    out = tmp_path / "latents"
+    proc = subprocess.run([sys.executable, "-m", "lavinkit.cli", "encode", "--data", str(tmp_path / "pairs"),
+                           "--out", str(out), "--vae", str(vae), "--maxcount", "2", "--progress", "false"],
+                          capture_output=True, text=True, preexec_fn=_limit_file_size(20_000), cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "latents-000001.tar" in last and "incomplete" in last and INDEX_NAME in last, last
+    assert sorted(os.listdir(out)) == ["latents-000000.tar"]
+    assert sorted(_tar_members(out / "latents-000000.tar")) == sorted(
+        f"k{i}.{m}" for i in (0, 1) for m in ("input.npy", "json", "target.npy"))
 
 
 def test_shard_write_error_names_the_shard(tmp_path):
