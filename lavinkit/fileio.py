@@ -36,6 +36,14 @@ TMP_SUFFIX = ".tmp"
 _TMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 
+class AtomicWriteError(OSError):
+    """Writing a file failed (full disk, I/O error, a serialisation error); the message names the file and says
+    that the previous file, if any, is unchanged. The original exception is the ``__cause__``."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 def temporary_name(path: str | os.PathLike) -> Path:
     """A fresh temporary name for ``path`` in the same folder: ``<folder>/.<name>.<pid>-<8 hex>.tmp``."""
     path = Path(path)
@@ -124,6 +132,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     block ends normally the file written there replaces ``path`` atomically, on any exception it is removed.
 
     The destination folder is created if missing, and orphaned temporaries of ``path`` are removed first.
+
+    Raises:
+        AtomicWriteError: any error raised in the block or while committing, naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,11 +143,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if not tmp.is_file():
-            raise FileNotFoundError(f"{path}: nothing was written to the temporary file {tmp.name}")
+            raise FileNotFoundError(f"the writer created no file (expected {tmp.name})")
         commit(tmp, path)
-    except BaseException:
+    except BaseException as err:
         _discard(tmp)
-        raise
+        if not isinstance(err, Exception) or isinstance(err, AtomicWriteError):
+            raise  # KeyboardInterrupt, SystemExit: as they are
+        kept = "the previous file is unchanged" if path.exists() else "no file was created"
+        raise AtomicWriteError(getattr(err, "errno", None) or 0,
+                               f"{path}: writing failed ({type(err).__name__}: {err}); {kept}") from err
 
 
 def open_temporary(path: str | os.PathLike, mode: str = "wb") -> tuple[Path, IO]:
