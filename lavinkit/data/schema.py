@@ -337,6 +337,8 @@ def check_sample(sample: dict, *, decode: bool = True, check_shape: bool = True,
 
     for kind, msg in sample.get(PROBLEMS_FIELD, ()):
         add(kind, msg)
+    # the later part of a key split in two lacks the members of the first part: that is the problem, not more
+    split = any(p.kind == "non-adjacent" for p in problems)
     # a dot in the real key shows up as a suffix like "b.input.png" under key "a" (WebDataset splits at the first dot)
     dotted: dict[str, list[str]] = {}
     for suffix in list(members):
@@ -364,12 +366,12 @@ def check_sample(sample: dict, *, decode: bool = True, check_shape: bool = True,
     for name in unknown:
         add("unknown-member", f"member {key}.{name!r} is not input.<ext>, target.<ext> or json")
     for member in MEMBERS:
-        if not found[member] and member not in empty_groups:
+        if not found[member] and member not in empty_groups and not split:
             add("missing-member", f"missing member {member}.<ext>")
         elif len(found[member]) > 1:
             add("duplicate-member", f"more than one {member} member: {sorted(found[member])}")
     meta = None
-    if found["json"] or "json" not in empty_groups:
+    if found["json"] or not ("json" in empty_groups or split):
         try:
             meta = parse_meta(members, url, key)
             if tasks is not None and meta["task"] not in tasks:

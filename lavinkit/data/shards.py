@@ -283,9 +283,11 @@ class TarFormatError(ValueError):
     header or inside member data) or ``"corrupt-tar"`` (bad header checksum, not a tar); ``key`` names the sample
     that was being read when the damage was found (``None`` if none). The message names ``url``."""
 
-    def __init__(self, message: str, *, url: str, kind: str = "corrupt-tar", key: str | None = None):
+    def __init__(self, message: str, *, url: str, kind: str = "corrupt-tar", key: str | None = None,
+                 member: str | None = None):
         super().__init__(message)
         self.url, self.kind, self.key = url, kind, key
+        self.member = member  # the member whose data was cut, when the cut is inside member data
 
 
 _ZERO_BLOCK = b"\0" * 512
@@ -355,9 +357,9 @@ def tar_members(stream, url: str) -> Iterator[tuple[str, bytes]]:
             if header[257:262] == b"ustar" and header[345:346] != b"\0":
                 name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
         if len(data) < padded:
-            got = min(len(data), size)
-            raise TarFormatError(f"truncated tar {url}: cut inside member {name!r} ({got} of {size} bytes)",
-                                 url=url, kind="truncated")
+            where = f"{len(data)} of {size} bytes" if len(data) < size else "in the padding after its data"
+            raise TarFormatError(f"truncated tar {url}: cut inside member {name!r} ({where})",
+                                 url=url, kind="truncated", member=name)
         data = data[:size]
         if kind == b"x":
             pax = _pax_records(data)
@@ -447,6 +449,11 @@ def shard_samples(url: str, stream) -> Iterator[dict]:
                 continue
             current[suffix] = data
     except TarFormatError as err:
+        cut_key = _split_name(err.member)[0] if err.member is not None else None
+        if current is not None and cut_key is not None and cut_key != current["__key__"]:
+            yield close(current)  # the cut is in the next key's member: this sample was complete
+            current = None
+        err.key = cut_key
         if current is not None:
             err.key = current["__key__"]
             members = sorted(s for s in current if not s.startswith("__"))
