@@ -239,3 +239,81 @@ def test_cli_lists_problems_and_writes_the_same_report(tmp_path, capsys):
     assert report["problems"] == [{"url": shard, "key": "s2", "kind": "duplicate-member",
                                    "message": "member 's2.input.png' appears more than once; only the first copy "
                                               "was read"}]
+
+
+# ------------------------------------------------------------------------------------------ latent shards
+
+
+@pytest.fixture(scope="module")
+def latent_dir(tmp_path_factory):
+    """Latent shards written by the real ``lavinkit encode`` (tiny ST-VAE) from 6 pixel pairs of 2 tasks."""
+    import torch
+
+    from lavinkit.cli import main
+    from lavinkit.models.stvae import STVAE, STVAEConfig
+
+    root = tmp_path_factory.mktemp("latent")
+    torch.manual_seed(0)
+    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(root / "vae.safetensors")
+    rng = np.random.default_rng(1)
+    with PairShardWriter(root / "pixels", "images") as w:
+        for i in range(6):
+            x = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+            w.write(make_sample(f"p{i}", ("denoise", "flip")[i % 2], x[0], x[1]))
+    write_index(root / "pixels", w.shards.values())
+    assert main(["encode", "--data", str(root / "pixels"), "--out", str(root / "latents"), "--vae",
+                 str(root / "vae.safetensors"), "--progress", "false"]) == 0
+    return root / "latents"
+
+
+def test_validate_accepts_latent_shards_from_encode(latent_dir, capsys):
+    from lavinkit.cli import main
+
+    report = validate_shards(str(latent_dir))
+    assert report.ok, report.format()
+    assert report.samples == 6 and dict(report.tasks) == {"denoise": 3, "flip": 3}
+    assert main(["data", "validate", str(latent_dir)]) == 0
+    assert capsys.readouterr().out.strip().endswith("1 shard(s), 6 sample(s), 2 task(s): OK")
+
+
+def test_validate_reports_bad_latents(latent_dir, tmp_path):
+    with tarfile.open(next(latent_dir.glob("latents-*.tar"))) as tf:
+        members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]
+
+    def npy(arr) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        return buf.getvalue()
+
+    z = np.zeros((16, 1, 4, 4), np.float16)
+    bad = {"p0.input.npy": npy(np.full_like(z, np.inf)),       # float16 overflow
+           "p1.target.npy": npy(np.zeros((16, 1, 2, 2), np.float16)),
+           "p2.input.npy": npy(np.zeros((8, 1, 4, 4), np.float16)),
+           "p3.input.npy": b"not an npy file"}
+    shard = _tar(tmp_path / "latents-000000.tar", [(n, bad.get(n, d)) for n, d in members])
+    report = validate_shards(shard)
+    found = sorted((p.key, p.kind) for p in report.problems)
+    assert found == [("p0", "non-finite"), ("p1", "size-mismatch"), ("p2", "meta-mismatch"),
+                     ("p2", "meta-mismatch"), ("p2", "size-mismatch"), ("p3", "undecodable")], report.format()
+    assert "input latents hold 256 NaN/Inf values" in report.format()
+
+    from lavinkit.data import LatentPairDataModule
+
+    dm = LatentPairDataModule(shard, batch_size=1, num_context=0, steps_per_epoch=12, seed=0)
+    seen = {k for batch in dm.train_dataloader() for row in batch["keys"] for k in row}
+    assert seen == {"p4", "p5"} and dm.skipped >= 4  # the bad latents are skipped, never trained on
+
+
+def test_latent_shards_in_inspect_and_pixel_readers(latent_dir):
+    from lavinkit.data.inspect import inspect_shards
+    from lavinkit.data.schema import decode_pair
+
+    result = inspect_shards(str(latent_dir))
+    assert not result.errors and result.samples == 6
+    assert {t: (s.count, s.modalities, s.sizes) for t, s in result.summaries.items()} == {
+        "denoise": (3, {"image latents"}, {(32, 32)}), "flip": (3, {"image latents"}, {(32, 32)})}
+    sample = next(raw_samples([{"url": str(next(latent_dir.glob("*.tar")))}], SkipLog()))
+    with pytest.raises(SampleError, match=r"latents-000000.tar, key 'p\d': holds latents") as info:
+        decode_pair(sample)  # a pixel reader (encode, eval) given latents says so
+    assert info.value.kind == "latents"
+    assert decode_pair(sample, latents=True)["input"].shape == (16, 1, 4, 4)
