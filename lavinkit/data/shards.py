@@ -281,13 +281,18 @@ class SkipLog:
 class TarFormatError(ValueError):
     """A tar stream that cannot be read to its end: ``kind`` is ``"truncated"`` (cut at a member boundary, inside a
     header or inside member data) or ``"corrupt-tar"`` (bad header checksum, not a tar); ``key`` names the sample
-    that was being read when the damage was found (``None`` if none). The message names ``url``."""
+    that was being read when the damage was found (``None`` if none), ``reason`` says what is wrong. The message
+    is ``"shard URL, key 'KEY': REASON"``."""
 
-    def __init__(self, message: str, *, url: str, kind: str = "corrupt-tar", key: str | None = None,
+    def __init__(self, reason: str, *, url: str, kind: str = "corrupt-tar", key: str | None = None,
                  member: str | None = None):
-        super().__init__(message)
-        self.url, self.kind, self.key = url, kind, key
+        super().__init__(reason)
+        self.reason, self.url, self.kind, self.key = reason, url, kind, key
         self.member = member  # the member whose data was cut, when the cut is inside member data
+
+    def __str__(self) -> str:
+        where = f"shard {self.url}" if self.key is None else f"shard {self.url}, key {self.key!r}"
+        return f"{where}: {self.reason}"
 
 
 _ZERO_BLOCK = b"\0" * 512
@@ -333,20 +338,20 @@ def tar_members(stream, url: str) -> Iterator[tuple[str, bytes]]:
     while True:
         header = read(512)
         if not header:
-            raise TarFormatError(f"truncated tar {url}: the stream ends {after()} without the end-of-archive marker "
+            raise TarFormatError(f"truncated tar: the stream ends {after()} without the end-of-archive marker "
                                  "(two zero blocks)", url=url, kind="truncated")
-        if len(header) < 512:
-            raise TarFormatError(f"truncated tar {url}: cut inside a tar header ({len(header)} of 512 bytes) "
-                                 f"{after()}", url=url, kind="truncated")
-        if header == _ZERO_BLOCK:
+        if header == _ZERO_BLOCK[: len(header)]:
             # a full second zero block, or any further data (readers stop at the first zero block), ends the tar
-            if len(read(512)) < 512:
-                raise TarFormatError(f"truncated tar {url}: the end-of-archive marker is cut short {after()}",
+            if len(header) < 512 or len(read(512)) < 512:
+                raise TarFormatError(f"truncated tar: the end-of-archive marker is cut short {after()}",
                                      url=url, kind="truncated")
             return
+        if len(header) < 512:
+            raise TarFormatError(f"truncated tar: cut inside a tar header ({len(header)} of 512 bytes) {after()}",
+                                 url=url, kind="truncated")
         chksum = _octal(header[148:156])
         if chksum != sum(header[:148]) + 256 + sum(header[156:]):
-            raise TarFormatError(f"bad tar header checksum in {url} {after()} (corrupt or not a tar file)", url=url)
+            raise TarFormatError(f"bad tar header checksum {after()} (corrupt, or not a tar file)", url=url)
         size = _octal(header[124:136])
         kind = header[156:157]
         padded = (size + 511) & ~511
@@ -358,7 +363,7 @@ def tar_members(stream, url: str) -> Iterator[tuple[str, bytes]]:
                 name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
         if len(data) < padded:
             where = f"{len(data)} of {size} bytes" if len(data) < size else "in the padding after its data"
-            raise TarFormatError(f"truncated tar {url}: cut inside member {name!r} ({where})",
+            raise TarFormatError(f"truncated tar: cut inside member {name!r} ({where})",
                                  url=url, kind="truncated", member=name)
         data = data[:size]
         if kind == b"x":
@@ -453,15 +458,16 @@ def shard_samples(url: str, stream) -> Iterator[dict]:
         if current is not None and cut_key is not None and cut_key != current["__key__"]:
             yield close(current)  # the cut is in the next key's member: this sample was complete
             current = None
-        err.key = cut_key
+        err.key = current["__key__"] if current is not None else cut_key
         if current is not None:
-            err.key = current["__key__"]
-            members = sorted(s for s in current if not s.startswith("__"))
-            err.args = (f"{err}; sample {current['__key__']!r} (members read: {members}) is not read",)
+            read = sorted(s for s in current if not s.startswith("__"))
+            err.reason += f"; sample {err.key!r} (members read: {read}) is not read"
+        elif err.key is not None:
+            err.reason += f"; sample {err.key!r} is not read"
         raise
     except EOFError as err:  # a compressed shard cut short (gzip)
         key = current["__key__"] if current is not None else None
-        raise TarFormatError(f"truncated shard {url}: {err}", url=url, kind="truncated", key=key) from err
+        raise TarFormatError(f"truncated: {err}", url=url, kind="truncated", key=key) from err
     if current is not None:
         yield close(current)
 
@@ -500,7 +506,9 @@ def raw_samples(url_source: Iterable[dict], log: SkipLog) -> Iterator[dict]:
             continue
         try:
             yield from shard_samples(url, stream)
+        except TarFormatError as exn:
+            log.add(url, exn.key, exn.reason)
         except Exception as exn:  # noqa: BLE001 - one damaged shard must not end the stream
-            log.add(url, getattr(exn, "key", None), f"{type(exn).__name__}: {exn}")
+            log.add(url, None, f"{type(exn).__name__}: {exn}")
         finally:
             stream.close()

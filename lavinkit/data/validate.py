@@ -100,7 +100,7 @@ def read_shard(url: str) -> Iterator[tuple[dict | None, Problem | None]]:
             for sample in shard_samples(url, stream):
                 yield sample, None
     except TarFormatError as err:
-        yield None, Problem(url, err.key, err.kind, str(err))
+        yield None, Problem(url, err.key, err.kind, err.reason)
     except Exception as err:  # noqa: BLE001 - any read failure is this shard's problem, reported with its name
         yield None, Problem(url, None, "corrupt-tar", f"unreadable shard ({type(err).__name__}: {err}); "
                             "not a tar file, or damaged")
@@ -108,15 +108,17 @@ def read_shard(url: str) -> Iterator[tuple[dict | None, Problem | None]]:
 
 def _index_problem(url: str, rec: dict, samples: int) -> Problem | None:
     """Compare a shard with its ``index.json`` record (``"samples"``, and ``"bytes"`` for local files)."""
-    wrong = []
+    recorded, found = [], []
     if isinstance(rec.get("samples"), int) and rec["samples"] != samples:
-        wrong.append(f"{rec['samples']} samples, the shard holds {samples}")
+        recorded.append(f"{rec['samples']} samples")
+        found.append(f"{samples} samples")
     if isinstance(rec.get("bytes"), int) and os.path.isfile(url) and rec["bytes"] != os.path.getsize(url):
-        wrong.append(f"{rec['bytes']} bytes, the file has {os.path.getsize(url)}")
-    if not wrong:
+        recorded.append(f"{rec['bytes']} bytes")
+        found.append(f"{os.path.getsize(url)} bytes")
+    if not recorded:
         return None
-    return Problem(url, None, "index-mismatch", f"{INDEX_NAME} records {' and '.join(wrong)} "
-                   "(an interrupted writer, or a shard replaced after indexing)")
+    return Problem(url, None, "index-mismatch", f"{INDEX_NAME} records {' and '.join(recorded)}, the shard has "
+                   f"{' and '.join(found)} (an interrupted writer, or a shard replaced after indexing)")
 
 
 def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = None, check_shape: bool = True,
@@ -160,8 +162,9 @@ def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = 
                 continue
             problems, meta, _ = check_sample(sample, tasks=shard_tasks, check_shape=check_shape, decode=decode)
             report.problems += problems
-            if not any(p.kind == "no-extension" for p in problems):
-                keys.add(sample["__key__"])  # a key split in two parts is one sample
+            if any(p.kind == "no-extension" for p in problems) or sample["__key__"] in keys:
+                continue  # a stray file, or the second part of a key split in two: not another sample
+            keys.add(sample["__key__"])
             if meta is not None:
                 report.tasks[meta["task"]] += 1
         n = len(keys)

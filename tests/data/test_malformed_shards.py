@@ -180,7 +180,8 @@ def test_truncation_of_every_kind_is_reported(indexed, where, match, key):
     expected = int(key[1:])  # the samples before the one being read at the cut are complete and checked
     assert report.samples == expected
     mismatch = [p for p in report.problems if p.kind == "index-mismatch"]
-    assert len(mismatch) == 1 and f"8 samples, the shard holds {expected}" in mismatch[0].message
+    assert len(mismatch) == 1 and f"records 8 samples and {len(data)} bytes, the shard has {expected} samples and " \
+        f"{at} bytes" in mismatch[0].message
 
     keys, log = _one_pass(url)  # the stream keeps the complete samples and counts the shard once
     assert keys == [f"s{i}" for i in range(expected)]
@@ -217,7 +218,7 @@ def test_index_lists_a_missing_shard_and_a_wrong_size(indexed, tmp_path):
     report = validate_shards(str(tmp_path))
     found = sorted((p.url.rsplit("/", 1)[-1], p.kind) for p in report.problems)
     assert found == [("pairs-000000.tar", "index-mismatch"), ("pairs-000001.tar", "missing-shard")]
-    assert f"{len(data) + 512} bytes, the file has {len(data)}" in report.format()
+    assert f"records {len(data) + 512} bytes, the shard has {len(data)} bytes" in report.format()
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
