@@ -5,11 +5,13 @@ The stages here know nothing about Lightning; :mod:`lavinkit.data.datamodule` as
 
 Error policy (one corrupt sample must never kill a run, many must stop it clearly):
 
-* A problem that can be seen WITHOUT decoding pixels (corrupt/truncated tar, bad key, missing or
-  duplicate member, json without ``"task"``) is caught by the webdataset ``handler`` or by
-  :func:`check_raw` and counted in a :class:`SkipLog`.
-* A problem seen while decoding (undecodable png/mp4, wrong frame count, size mismatch) drops the
-  in-context example it belongs to; the bad pair is counted the same way.
+* A corrupt or truncated tar is counted once by the reader (:func:`lavinkit.data.shards.raw_samples`),
+  which keeps the samples before the damage and goes on with the next shard.
+* A problem that can be seen WITHOUT decoding pixels (bad key, missing, duplicate, empty or non-adjacent
+  member, json without ``"task"``) costs only its sample: :func:`check_raw` rejects it, it is counted in a
+  :class:`SkipLog` and the rest of the shard is read.
+* A problem seen while decoding (undecodable png/mp4/npy, wrong frame count, size mismatch, NaN/Inf
+  latents) drops the in-context example it belongs to; the bad pair is counted the same way.
 * Counts travel to the main process with every batch (:data:`SKIP_FIELD`, removed before the batch
   reaches the user) and the loader stops the run with :class:`DataStreamError` naming the last bad
   shard and key once ``max_skipped`` is exceeded.
