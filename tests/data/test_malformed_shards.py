@@ -70,6 +70,9 @@ def test_duplicate_member_costs_only_its_sample(tmp_path):
     assert seen == set(keys)  # all seven good samples train, not just the ones before the bad member
     assert tuple(dm.last_skipped[:2]) == (shard, "s3") and set(dm.skipped_by_shard) == {shard}
 
+    val = ImagePairDataModule(val_urls=shard, batch_size=1, num_context=0)
+    assert sorted(k for batch in val.val_dataloader() for row in batch["keys"] for k in row) == keys
+
 
 def test_validation_loader_error_names_the_bad_member(tmp_path):
     samples = _good(3)
