@@ -152,7 +152,8 @@ def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = 
         if use_index and "://" not in url and not url.startswith("pipe:"):
             folder = os.path.dirname(os.path.abspath(url))
             if folder not in indexes:
-                indexes[folder] = find_index([os.path.abspath(url)])
+                found = find_index([os.path.abspath(url)])
+                indexes[folder] = found if isinstance(found, dict) else None
             index = indexes[folder]
         shard_tasks = known if known is not None else (set(index["tasks"]) if index and "tasks" in index else None)
         keys, before = set(), len(report.problems)
@@ -184,6 +185,6 @@ def validate_shards(urls: str | Sequence[str], *, tasks: Sequence[str] | None = 
         for rec in (index or {}).get("shards", []):
             path = os.path.join(folder, str(rec.get("url"))) if isinstance(rec, dict) else None
             if path is not None and path not in seen and not os.path.exists(path):
-                report.problems.append(Problem(path, None, "missing-shard", f"listed in {os.path.join(folder, INDEX_NAME)} "
-                                               "but not found"))
+                listed_in = os.path.join(folder, INDEX_NAME)
+                report.problems.append(Problem(path, None, "missing-shard", f"listed in {listed_in} but not found"))
     return report
