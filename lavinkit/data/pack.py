@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lavinkit.data.demo import TASKS
-from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, read_video_file
+from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, image_display_size, read_video_file, video_timing
 from lavinkit.data.schema import is_valid_frames, make_sample, sanitize_key
 from lavinkit.data.shards import (  # noqa: F401 - the writer and the index live with the reader
     DEFAULT_MAXCOUNT,
@@ -40,6 +40,11 @@ class PackError(ValueError):
 
 class PackOptionError(PackError):
     """A bad option value or a path that does not exist (a usage error: ``lavinkit data pack`` exits 2)."""
+
+
+class PairMismatchError(PackOptionError):
+    """Paired videos whose frame count, frame rate or duration differ: the folder pairs files that do not
+    correspond, so it is refused before anything is written (``lavinkit data pack`` exits 2)."""
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -102,14 +107,11 @@ def find_pairs(folder: Path, exts: tuple[str, ...]) -> list[tuple[str, Path, Pat
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header."""
-    from PIL import Image, UnidentifiedImageError
-
+    """(H, W) as displayed (EXIF orientation applied), from the file header."""
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, UnidentifiedImageError) as err:
-        raise PackError(f"{path}: cannot read image ({err})") from err
+        return image_display_size(path)
+    except ValueError as err:
+        raise PackError(f"{path}: {err}") from err
 
 
 def _load_image(path: Path) -> np.ndarray:
@@ -199,6 +201,25 @@ def _round_robin(groups: dict[str, list]) -> list:
     return out
 
 
+def check_video_pairs(pairs: list[tuple[str, Path, Path]]) -> None:
+    """Refuse video pairs that are not the same moments: frame counts, frame rates (within 0.1 %) and
+    durations (within half a frame) must agree (:class:`lavinkit.data.media.VideoTiming`).
+
+    Raises PairMismatchError naming both files of every mismatched pair and their figures, on one line.
+    """
+    bad = []
+    for _, in_path, tgt_path in pairs:
+        try:
+            inp, tgt = video_timing(in_path), video_timing(tgt_path)
+        except ValueError as err:
+            raise PackError(str(err)) from err
+        if not inp.matches(tgt):
+            bad.append(f"{inp.describe()} vs {tgt.describe()}")
+    if bad:
+        raise PairMismatchError(f"paired videos differ in frame count, frame rate or duration, so their frames "
+                                f"would not correspond: {'; '.join(bad)}")
+
+
 def _prepare_video(path: Path, size: int | None) -> np.ndarray:
     try:
         frames = read_video_file(path, short_side=size)
@@ -275,13 +296,15 @@ def pack_videos(
             if not task:
                 raise PackOptionError("paired videos need --task NAME (or give --transform to make inputs)")
             pairs = find_pairs(videos, VIDEO_FILE_EXTS)
+            check_video_pairs(pairs)
             for name, in_path, tgt_path in tqdm(pairs, desc="lavinkit data pack", unit="video", disable=not progress):
                 inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
                 if inp.shape[1:] != tgt.shape[1:]:
                     raise PackError(f"{in_path} ({inp.shape[1]}x{inp.shape[2]}) and {tgt_path} "
                                     f"({tgt.shape[1]}x{tgt.shape[2]}) differ in size; pass --size N")
-                n = min(len(inp), len(tgt))
-                for start in range(0, n - frames + 1, stride):
+                if len(inp) != len(tgt):  # the packets agreed, but some did not decode
+                    raise PairMismatchError(f"{in_path}: {len(inp)} decodable frames vs {tgt_path}: {len(tgt)}")
+                for start in range(0, len(inp) - frames + 1, stride):
                     key = sanitize_key(f"{task}-{name}-{start:06d}")
                     meta = {"source": f"{name}@{start}", "transform": None}
                     writer.write(make_sample(key, task, inp[start:start + frames], tgt[start:start + frames],
