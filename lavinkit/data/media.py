@@ -205,7 +205,7 @@ def frame_orientation(frame) -> Orientation:
 
 
 def orient(x: torch.Tensor, orientation: Orientation) -> torch.Tensor:
-    """Apply ``orientation`` to ``x`` whose last two dims are (H, W) (``[3, T, H, W]`` here); a view."""
+    """Apply ``orientation`` to ``x`` whose last two dims are (H, W) (``[3, T, H, W]`` here); flips copy."""
     transpose, flip_rows, flip_cols = orientation
     if transpose:
         x = x.transpose(-2, -1)
@@ -261,7 +261,7 @@ def decode_clip(data: bytes, container_format: str | None = None) -> torch.Tenso
                     rgb.extend(yuv420_to_rgb(*map(np.stack, zip(*planes))).permute(1, 2, 3, 0).numpy())
                     planes = []
                 rgb.append(_reformatter().reformat(f, width=dw, height=h, format="rgb24",
-                                                   interpolation="BICUBIC").to_ndarray())
+                                                   interpolation="AREA").to_ndarray())
             if planes:
                 return orient(yuv420_to_rgb(*(np.stack(p) for p in zip(*planes))), orientation).contiguous()
     except (av.FFmpegError, IndexError, ValueError) as err:
@@ -407,7 +407,8 @@ class VideoTiming:
     """Frame count, average frame rate and duration of a video file's first video stream.
 
     ``frames`` counts the stream's packets (one per frame for the codecs of ``VIDEO_FILE_EXTS``), read
-    without decoding; ``duration`` (seconds) is the stream's, else the container's, else ``frames / fps``.
+    without decoding; ``duration`` (seconds) is the stream's, else the span of its timestamps plus one frame,
+    else ``frames / fps``.
     """
 
     path: Path
@@ -441,11 +442,18 @@ def video_timing(path: str | Path) -> VideoTiming:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = stream.average_rate or stream.guessed_rate
-            frames = sum(1 for packet in container.demux(stream) if packet.size)  # the last packet is an empty flush
+            frames, pts = 0, []
+            for packet in container.demux(stream):
+                if packet.size:  # the last packet is an empty flush
+                    frames += 1
+                    if packet.pts is not None:
+                        pts.append(packet.pts)
             if stream.duration and stream.time_base:
                 duration = float(stream.duration * stream.time_base)
-            elif container.duration:
-                duration = container.duration / av.time_base
+            elif len(pts) == frames and frames and fps and stream.time_base:
+                # no stream duration (Matroska, WebM): the span of the timestamps plus the last frame's period;
+                # the container's duration would also count other streams (audio)
+                duration = float((max(pts) - min(pts)) * stream.time_base + 1 / fps)
             else:
                 duration = frames / float(fps) if fps else 0.0
     except (av.FFmpegError, IndexError) as err:

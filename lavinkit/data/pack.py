@@ -6,8 +6,12 @@ Task folders (the layout of the official LaVin-DiT release)::
     root/<task>/<NAME>_target.<png|jpg|jpeg|webp>
 
 Videos: a folder of video files cut into clips of ``frames`` = 1 + 4k frames every ``stride`` frames,
-either paired (``NAME_input.mp4`` + ``NAME_target.mp4``) or with the input made from each video by a
-named, seeded transform of :data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
+either paired (``NAME_input.mp4`` + ``NAME_target.mp4``, which must have the same frame count, frame rate
+and duration) or with the input made from each video by a named, seeded transform of
+:data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
+
+Images and videos are read as displayed (EXIF orientation, display matrix, square pixels:
+:mod:`lavinkit.data.media`), so sizes are compared and pairs aligned as a viewer sees them.
 
 Next to the shards goes ``index.json`` (format: :mod:`lavinkit.data.shards`).
 """
@@ -251,7 +255,9 @@ def pack_videos(
         task: task name stored with each pair (default: the transform name).
         transform: name in :data:`lavinkit.data.demo.TASKS`: every video is a target source and the
             input is made by that seeded transform. Without it the folder must hold
-            ``NAME_input.<ext>`` / ``NAME_target.<ext>`` pairs, cut at the same frames.
+            ``NAME_input.<ext>`` / ``NAME_target.<ext>`` pairs, cut at the same frames; pairs whose frame
+            count, frame rate or duration differ are refused (:func:`check_video_pairs`) before anything
+            is written.
         frames: frames per clip, 1 + 4k.
         stride: frames between clip starts (default ``frames``: non-overlapping).
         size: resize (short side) and center-crop to ``size x size``; ``None`` keeps the resolution,

@@ -36,6 +36,19 @@ def test_video_timing_reads_count_rate_and_duration(tmp_path):
     assert timing.describe() == f"{inp}: 16 frames at 16 fps (1.00 s)"
 
 
+def test_video_timing_of_matroska_from_its_timestamps(tmp_path):
+    import av
+
+    path = tmp_path / "clip.mkv"  # Matroska stores no per-stream duration
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for frame in _scene(10):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert video_timing(path).describe() == f"{path}: 10 frames at 8 fps (1.25 s)"
+
+
 def test_timing_match_rules():
     base = VideoTiming(Path("a.mp4"), 30, Fraction(30000, 1001), 1.001)
     assert base.matches(VideoTiming(Path("b.mp4"), 30, Fraction(2997, 100), 1.001))  # rates 0.001 % apart
