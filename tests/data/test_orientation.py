@@ -248,3 +248,14 @@ def test_pack_videos_keeps_rotated_input_aligned(tmp_path):
     (pair,) = _packed_pairs(index)
     inp, tgt = pair["input"].permute(1, 2, 3, 0).numpy(), pair["target"].permute(1, 2, 3, 0).numpy()
     assert inp.shape == (9, 32, 48, 3) and _mad(inp, tgt) < 4
+
+
+def test_datamodule_batches_hold_the_upright_image(tmp_path):
+    from lavinkit.data import ImagePairDataModule
+
+    shard, _ = _phone_shard(tmp_path)
+    dm = ImagePairDataModule(val_urls=str(shard), batch_size=1, num_context=1)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["input"].shape == (1, 2, 3, 1, 64, 96)  # [B, N, C, T, H, W]
+    assert float((batch["input"] - batch["target"]).abs().mean()) * 127.5 < 4
