@@ -364,11 +364,16 @@ def encode_media(arr: np.ndarray, ext: str, *, quality: int = 95, fps: int = 8, 
     raise ValueError(f"unknown extension {ext!r}; expected one of {IMAGE_EXTS + CLIP_EXTS}")
 
 
-def read_video_file(path: str | Path, *, short_side: int | None = None, max_frames: int | None = None) -> np.ndarray:
-    """Decode a video file to ``uint8 [T, H, W, 3]`` as displayed (display matrix applied, square pixels),
-    optionally resized so its displayed short side is ``short_side``.
+def read_video_file(path: str | Path, *, short_side: int | None = None, max_frames: int | None = None,
+                    fps: float | Fraction | None = None) -> np.ndarray:
+    """Decode a video file to ``uint8 [T, H, W, 3]`` as displayed (display matrix applied, square pixels).
 
-    Resizing happens in swscale (area filter) during RGB conversion, so large sources stay cheap.
+    Args:
+        short_side: resize so the displayed short side is this (swscale's area filter during the RGB
+            conversion, so large sources stay cheap).
+        max_frames: stop after this many (output) frames.
+        fps: resample to this rate: output frame ``k`` is the frame on screen at ``k / fps`` seconds after
+            the first one (frames repeat or drop; nothing is blended), up to the end of the last frame.
     """
     import av
 
@@ -376,29 +381,49 @@ def read_video_file(path: str | Path, *, short_side: int | None = None, max_fram
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
     reformat = _reformatter().reformat
-    frames = []
+    out: list[np.ndarray] = []
     orientation = None
+
+    def rgb(f) -> np.ndarray:
+        w, h = _display_width(stream, f.width), f.height
+        if short_side is not None:
+            scale = short_side / min(w, h)  # the short side is the same before and after a rotation
+            w = max(2, int(round(w * scale / 2)) * 2)
+            h = max(2, int(round(h * scale / 2)) * 2)
+        return reformat(f, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            for f in container.decode(stream):
-                if orientation is None:
-                    orientation = frame_orientation(f)
-                w, h = _display_width(stream, f.width), f.height
-                if short_side is not None:
-                    scale = short_side / min(w, h)  # the short side is the same before and after a rotation
-                    w = max(2, int(round(w * scale / 2)) * 2)
-                    h = max(2, int(round(h * scale / 2)) * 2)
-                f = reformat(f, width=w, height=h, format="rgb24", interpolation="AREA")
-                frames.append(f.to_ndarray())
-                if max_frames is not None and len(frames) >= max_frames:
+            period = 1 / float(stream.average_rate or stream.guessed_rate or 25)  # of a frame without timestamps
+            step = None if fps is None else 1 / float(fps)
+            tol = 0.0 if step is None else 0.01 * step  # timestamps are rounded to the stream's time base
+            start = shown = shown_rgb = None  # resampling: the frame on screen now, converted when first used
+            for i, f in enumerate(container.decode(stream)):
+                t = f.time if f.time is not None else i * period
+                if start is None:
+                    start, orientation = t, frame_orientation(f)
+                if step is None:
+                    out.append(rgb(f))
+                else:
+                    # every output instant before this frame's time shows the previous frame
+                    while shown is not None and start + len(out) * step < t - tol:
+                        shown_rgb = rgb(shown) if shown_rgb is None else shown_rgb
+                        out.append(shown_rgb)
+                    shown, shown_rgb, shown_time = f, None, t
+                if max_frames is not None and len(out) >= max_frames:
                     break
+            if step is not None and shown is not None:
+                last = float(shown.duration * shown.time_base) if getattr(shown, "duration", None) else period
+                while start + len(out) * step < shown_time + last - tol:
+                    shown_rgb = rgb(shown) if shown_rgb is None else shown_rgb
+                    out.append(shown_rgb)
     except (av.FFmpegError, IndexError, ValueError) as err:
         raise ValueError(f"cannot decode video {path}: {getattr(err, 'strerror', None) or err}") from err
-    if not frames:
+    if not out:
         raise ValueError(f"video {path} has no decodable frames")
     # [T, H, W, 3] -> upright, via the [3, T, H, W] view that orient() expects
-    upright = orient(torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2), orientation)
+    upright = orient(torch.from_numpy(np.stack(out[:max_frames])).permute(3, 0, 1, 2), orientation)
     return upright.permute(1, 2, 3, 0).contiguous().numpy()
 
 

@@ -205,9 +205,11 @@ def _round_robin(groups: dict[str, list]) -> list:
     return out
 
 
-def check_video_pairs(pairs: list[tuple[str, Path, Path]]) -> None:
-    """Refuse video pairs that are not the same moments: frame counts, frame rates (within 0.1 %) and
-    durations (within half a frame) must agree (:class:`lavinkit.data.media.VideoTiming`).
+def check_video_pairs(pairs: list[tuple[str, Path, Path]], fps: float | None = None) -> None:
+    """Refuse video pairs that are not the same moments (:class:`lavinkit.data.media.VideoTiming`).
+
+    Without ``fps`` frame counts, frame rates (within 0.1 %) and durations (within half a frame) must agree;
+    with ``fps`` (both videos are resampled to it) only the durations, within half a resampled frame.
 
     Raises PairMismatchError naming both files of every mismatched pair and their figures, on one line.
     """
@@ -217,16 +219,18 @@ def check_video_pairs(pairs: list[tuple[str, Path, Path]]) -> None:
             inp, tgt = video_timing(in_path), video_timing(tgt_path)
         except ValueError as err:
             raise PackError(str(err)) from err
-        if not inp.matches(tgt):
+        if not (inp.matches(tgt) if fps is None else abs(inp.duration - tgt.duration) <= 0.5 / fps + 1e-6):
             bad.append(f"{inp.describe()} vs {tgt.describe()}")
     if bad:
-        raise PairMismatchError(f"paired videos differ in frame count, frame rate or duration, so their frames "
-                                f"would not correspond: {'; '.join(bad)}")
+        what = ("differ in frame count, frame rate or duration, so their frames would not correspond (--fps F "
+                "resamples both when only the rates differ)" if fps is None else
+                f"differ in duration, so their frames would not correspond even resampled to {fps:g} fps")
+        raise PairMismatchError(f"paired videos {what}: {'; '.join(bad)}")
 
 
-def _prepare_video(path: Path, size: int | None) -> np.ndarray:
+def _prepare_video(path: Path, size: int | None, fps: float | None = None) -> np.ndarray:
     try:
-        frames = read_video_file(path, short_side=size)
+        frames = read_video_file(path, short_side=size, fps=fps)
     except ValueError as err:
         raise PackError(str(err)) from err
     return square_resize(frames, size) if size is not None else crop_to_multiple(frames)
@@ -243,6 +247,7 @@ def pack_videos(
     size: int | None = 64,
     clip_ext: str = "mp4",
     seed: int = 0,
+    fps: float | None = None,
     prefix: str = "videos",
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: float = DEFAULT_MAXSIZE,
@@ -264,6 +269,9 @@ def pack_videos(
             center-cropped to multiples of 16.
         clip_ext: mp4 (H.264) or npy (lossless).
         seed: seed of the transform (each clip gets its own stream from ``(seed, video, window)``).
+        fps: resample every video to this rate first (the frame on screen every ``1 / fps`` seconds:
+            :func:`lavinkit.data.media.read_video_file`); paired videos then need only equal durations
+            (the resampled pair is cut to the shorter by at most one frame). ``None`` keeps every frame.
         progress: show a progress bar (videos) with an ETA.
     """
     from tqdm.auto import tqdm
@@ -275,6 +283,8 @@ def pack_videos(
         raise PackOptionError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
     if size is not None and (size <= 0 or size % 16):
         raise PackOptionError(f"--size must be a positive multiple of 16, got {size}")
+    if fps is not None and not fps > 0:
+        raise PackOptionError(f"--fps must be a positive number, got {fps}")
     stride = stride or frames
     if stride < 1:
         raise PackOptionError(f"--stride must be >= 1, got {stride}")
@@ -290,7 +300,7 @@ def pack_videos(
                 raise PackError(f"no video files ({', '.join(VIDEO_FILE_EXTS)}) in {videos}")
             need = frames + spec.extra_frames(frames)
             for vi, path in enumerate(tqdm(files, desc="lavinkit data pack", unit="video", disable=not progress)):
-                clip = _prepare_video(path, size)
+                clip = _prepare_video(path, size, fps)
                 for wi, start in enumerate(range(0, len(clip) - need + 1, stride)):
                     rng = np.random.default_rng([seed, vi, wi])
                     inp, tgt, params = spec.fn(clip[start:start + need], rng)
@@ -302,12 +312,15 @@ def pack_videos(
             if not task:
                 raise PackOptionError("paired videos need --task NAME (or give --transform to make inputs)")
             pairs = find_pairs(videos, VIDEO_FILE_EXTS)
-            check_video_pairs(pairs)
+            check_video_pairs(pairs, fps)
             for name, in_path, tgt_path in tqdm(pairs, desc="lavinkit data pack", unit="video", disable=not progress):
-                inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
+                inp, tgt = _prepare_video(in_path, size, fps), _prepare_video(tgt_path, size, fps)
                 if inp.shape[1:] != tgt.shape[1:]:
                     raise PackError(f"{in_path} ({inp.shape[1]}x{inp.shape[2]}) and {tgt_path} "
                                     f"({tgt.shape[1]}x{tgt.shape[2]}) differ in size; pass --size N")
+                if fps is not None and abs(len(inp) - len(tgt)) <= 1:
+                    # durations within half a frame can round to one more resampled frame at the end
+                    inp, tgt = inp[:len(tgt)], tgt[:len(inp)]
                 if len(inp) != len(tgt):  # the packets agreed, but some did not decode
                     raise PairMismatchError(f"{in_path}: {len(inp)} decodable frames vs {tgt_path}: {len(tgt)}")
                 for start in range(0, len(inp) - frames + 1, stride):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from lavinkit.cli import main
-from lavinkit.data.media import VideoTiming, encode_mp4, video_timing
-from lavinkit.data.pack import PairMismatchError, pack_videos, read_index
+from lavinkit.data.media import VideoTiming, encode_mp4, read_video_file, video_timing
+from lavinkit.data.pack import PackOptionError, PairMismatchError, pack_videos, read_index
+from lavinkit.data.schema import decode_pair
+from lavinkit.data.shards import SkipLog, index_urls, raw_samples
 
 
 def _scene(t: int) -> np.ndarray:
@@ -96,3 +98,46 @@ def test_cli_exits_2_with_one_line_naming_both_files(tmp_path, capsys):
     assert err.count("\n") == 0 and str(inp) in err and str(tgt) in err
     assert "16 frames at 16 fps (1.00 s)" in err and "8 frames at 8 fps (1.00 s)" in err
     assert not out.exists()
+
+
+def _mad(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def test_read_video_file_resamples_to_the_frame_on_screen(tmp_path):
+    scene = _scene(16)
+    path = tmp_path / "v.mp4"
+    path.write_bytes(encode_mp4(scene, fps=16))
+    full = read_video_file(path)
+    assert _mad(read_video_file(path, fps=8), full[::2]) == 0  # every other frame, bit for bit
+    assert _mad(read_video_file(path, fps=32), np.repeat(full, 2, axis=0)) == 0  # each frame shown twice
+    assert _mad(read_video_file(path, fps=5), full[[0, 3, 6, 9, 12]]) == 0  # at 0, 0.2, 0.4, 0.6, 0.8 s
+    assert read_video_file(path, fps=8, max_frames=3).shape[0] == 3
+
+
+def test_fps_option_packs_the_same_scene_at_two_rates_aligned(tmp_path):
+    scene = _scene(16)
+    _pair(tmp_path / "v", "clip", scene, 16, scene[::2], 8)
+    index = pack_videos(tmp_path / "v", tmp_path / "out", task="t", frames=5, stride=3, size=None, fps=8,
+                        clip_ext="npy")
+    log = SkipLog()
+    pairs = [decode_pair(s) for s in raw_samples(({"url": u} for u in index_urls(index)), log)]
+    assert [p["key"] for p in pairs] == ["t-clip-000000", "t-clip-000003"]  # 8 frames: windows at 0 and 3
+    for pair in pairs:
+        assert _mad(pair["input"].numpy(), pair["target"].numpy()) < 4  # frames one step apart differ by ~10
+    shifted = pairs[0]["input"][:, 1:].numpy(), pairs[0]["target"][:, :-1].numpy()
+    assert _mad(*shifted) > 4 * _mad(pairs[0]["input"].numpy(), pairs[0]["target"].numpy())
+
+
+def test_fps_option_still_refuses_different_durations(tmp_path, capsys):
+    scene = _scene(17)
+    inp, tgt = _pair(tmp_path / "v", "late", scene, 8, scene[1:], 8)
+    out = tmp_path / "out"
+    assert main(["data", "pack", "--videos", str(tmp_path / "v"), "--task", "t", "--frames", "5", "--fps", "8",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "even resampled to 8 fps" in err and f"{inp}: 17 frames" in err and f"{tgt}: 16 frames" in err
+    assert not out.exists()
+    with pytest.raises(PackOptionError, match="--fps must be a positive number, got 0"):
+        pack_videos(tmp_path / "v", out, task="t", fps=0)
