@@ -7,7 +7,7 @@ Task folders (the layout of the official LaVin-DiT release)::
 
 Videos: a folder of video files cut into clips of ``frames`` = 1 + 4k frames every ``stride`` frames,
 either paired (``NAME_input.mp4`` + ``NAME_target.mp4``, which must have the same frame count, frame rate
-and duration) or with the input made from each video by a named, seeded transform of
+and duration, or only the same duration when resampled to a common ``fps``) or with the input made from each video by a named, seeded transform of
 :data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
 
 Images and videos are read as displayed (EXIF orientation, display matrix, square pixels:
@@ -47,8 +47,9 @@ class PackOptionError(PackError):
 
 
 class PairMismatchError(PackOptionError):
-    """Paired videos whose frame count, frame rate or duration differ: the folder pairs files that do not
-    correspond, so it is refused before anything is written (``lavinkit data pack`` exits 2)."""
+    """Paired videos whose frame count, frame rate or duration differ (with ``--fps``: whose duration differs):
+    the folder pairs files that do not correspond, so it is refused before anything is written (``lavinkit data
+    pack`` exits 2)."""
 
 
 # ---------------------------------------------------------------------------------------------------- images
