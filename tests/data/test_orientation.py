@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from lavinkit.data import media
 from lavinkit.data.pack import PairShardWriter, pack_task_folders, pack_videos, read_index
 from lavinkit.data.schema import decode_pair
-from lavinkit.data.shards import index_urls, raw_samples, SkipLog
+from lavinkit.data.shards import SkipLog, index_urls, raw_samples
 
 ORIENTATION_TAG = 0x0112
 
