@@ -265,17 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clips", type=str | None, default=None, help="clip pair shards (url, dir or glob)")
     parser.add_argument("--workers", type=list[int], default=[0, 1, 2], help="DataLoader worker counts")
-    parser.add_argument(
-        "--image_batch_size", type=int, default=32, help="in-context examples per image batch"
-    )
-    parser.add_argument("--clip_batch_size", type=int, default=4, help="in-context examples per clip batch")
-    parser.add_argument("--num_context", type=int, default=2, help="k context pairs (N = k + 1 per example)")
+    parser.add_argument("--image-batch-size", "--image_batch_size", type=int, default=32,
+                        help="in-context examples per image batch")
+    parser.add_argument("--clip-batch-size", "--clip_batch_size", type=int, default=4, help="in-context examples per clip batch")
+    parser.add_argument("--num-context", "--num_context", type=int, default=2, help="k context pairs (N = k + 1 per example)")
     parser.add_argument("--batches", type=int, default=20, help="timed image batches per repeat")
-    parser.add_argument("--clip_batches", type=int, default=10, help="timed clip batches per repeat")
+    parser.add_argument("--clip-batches", "--clip_batches", type=int, default=10, help="timed clip batches per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="repeats (the median is reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shuffle", type=int, default=1000, help="sample shuffle buffer")
-    parser.add_argument("--demo_dir", type=str | None, default=None, help="build/reuse the demo set here")
+    parser.add_argument("--demo-dir", "--demo_dir", type=str | None, default=None, help="build/reuse the demo set here")
     parser.add_argument("--json", type=str | None, default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in vars(args).items() if k not in ("json", "__default_config__")}

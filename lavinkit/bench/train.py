@@ -542,15 +542,15 @@ def build_parser():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     parser.add_argument("--device", type=str | None, default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     parser.add_argument("--batch", type=int | None, default=None, help="samples per step (default: data.batch_size)")
-    parser.add_argument("--num_context", type=int | None, default=None,
+    parser.add_argument("--num-context", "--num_context", type=int | None, default=None,
                         help="context pairs (default: the largest of data.num_context)")
     parser.add_argument("--size", type=int | None, default=None, help="pixel height = width (default: data.size or 256)")
     parser.add_argument("--frames", type=int | None, default=None, help="pixel frames, 1 + 4k (default: data.frames or 1)")
     parser.add_argument("--latent", type=int | None, default=None, help="J-DiT latent height = width (default: size / 8)")
     parser.add_argument("--precision", type=str | None, default=None, help="override trainer.precision")
     parser.add_argument("--ema", type=bool, default=True, help="keep the recipe's EMA callback in the step")
-    parser.add_argument("--count_flops", type=bool, default=True, help="count FLOPs over one extra eager step")
-    parser.add_argument("--matmul_peak", type=bool, default=True, help="on a CPU, measure the fp32 matmul rate")
+    parser.add_argument("--count-flops", "--count_flops", type=bool, default=True, help="count FLOPs over one extra eager step")
+    parser.add_argument("--matmul-peak", "--matmul_peak", type=bool, default=True, help="on a CPU, measure the fp32 matmul rate")
     parser.add_argument("--threads", type=int | None, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--strategy", type=bool, default=False,
                         help="train with the recipe's trainer.strategy in one process (default: none, one device)")

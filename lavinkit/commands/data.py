@@ -53,6 +53,10 @@ def _parser() -> ArgumentParser:
                       help="with --videos: make inputs from each video with this demo transform (e.g. video_deblurring)")
     pack.add_argument("--frames", type=int, default=17, help="with --videos: frames per clip, 1 + 4k")
     pack.add_argument("--stride", type=int | None, default=None, help="with --videos: frames between clip starts")
+    pack.add_argument("--fps", type=float | None, default=None,
+                      help="with --videos: resample every video to FPS (the frame on screen every 1/FPS s) before "
+                           "cutting clips; paired videos then need equal durations only (default: every frame, and "
+                           "pairs must match in frame count, frame rate and duration)")
     pack.add_argument("--size", type=int | None, default=None,
                       help="resize (short side) + center-crop to SIZE x SIZE; videos default to 64")
     pack.add_argument("--image-ext", type=str, default="png", help="png, jpg or webp")
@@ -128,7 +132,7 @@ def _pack(a) -> int:
         if a.tasks is not None:
             raise PackOptionError("--tasks is for --task-folders; use --task NAME with --videos")
         path = pack_videos(a.videos, a.out, task=a.task, transform=a.transform, frames=a.frames, stride=a.stride,
-                           size=64 if a.size is None else a.size, clip_ext=a.clip_ext, seed=a.seed,
+                           size=64 if a.size is None else a.size, clip_ext=a.clip_ext, seed=a.seed, fps=a.fps,
                            prefix=a.prefix or "videos", maxcount=a.maxcount, maxsize=a.maxsize, progress=a.progress)
     index = read_index(path)
     counts = ", ".join(f"{t} {v['count']}" for t, v in index["tasks"].items())

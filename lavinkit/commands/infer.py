@@ -79,7 +79,8 @@ def _ext(path: Path) -> str:
 
 
 def load_media(path: Path, size: tuple[int, int], max_frames: int | None = None) -> Media:
-    """Read an image or clip, resize (bicubic + antialias, as official) and scale to [-1, 1]."""
+    """Read an image or clip as displayed (EXIF orientation, video display matrix: :mod:`lavinkit.data.media`),
+    resize (bicubic + antialias, as official) and scale to [-1, 1]."""
     from lavinkit.data import media
 
     if not path.is_file():

@@ -47,10 +47,11 @@ from lavinkit.data.pipeline import (
     PairStream,
     PixelDecoder,
     Source,
+    skip_summary,
     worker_init,
     worker_start_method,
 )
-from lavinkit.data.shards import find_index, resolve_urls, task_counts_from_index
+from lavinkit.data.shards import SkipLog, find_index, resolve_urls, task_counts_from_index
 
 Urls = str | list[str]
 
@@ -306,16 +307,16 @@ class PairDataModule(pl.LightningDataModule, ABC):
                 share = max(1, self.val_batches // n_src + (i < self.val_batches % n_src))
                 quotas[src.name] = [len(range(w, share, workers)) for w in range(workers)]
                 continue
-            quota = []
+            quota, log = [], SkipLog()
             for w in range(workers):
-                counts = [probe.count_val_batches(src, r * workers + w, units) for r in range(self._world)]
+                counts = [probe.count_val_batches(src, r * workers + w, units, log) for r in range(self._world)]
                 quota.append(min(counts))
             if sum(quota) == 0:
                 raise ValueError(
                     f"{split} ({src.name}): no rank can form one batch of {src.batch_size} examples of "
                     f"{self.val_num_context[1] + 1} pairs from {len(src.urls)} shards (first {src.urls[0]!r}) "
                     f"split over {self._world} ranks x {workers} workers; set val_batches to repeat the data, "
-                    "or lower batch_size / val_num_context"
+                    "or lower batch_size / val_num_context" + skip_summary(log)
                 )
             quotas[src.name] = quota
         return StreamLoader(

@@ -54,7 +54,8 @@ class Inspection:
 def inspect_shards(urls: str | Sequence[str], *, pairs_per_task: int = 4) -> Inspection:
     """Count pairs per task and keep the first ``pairs_per_task`` decodable pairs of each task.
 
-    Only the kept pairs are decoded; the rest are counted from their json. Unreadable samples or
+    Only the kept pairs are decoded; the rest are counted from their json. Latent pairs (``lavinkit encode``)
+    are counted from their json and not drawn (``modality`` reads ``"image latents"``). Unreadable samples or
     shards (missing ones too) are listed in ``errors`` (use ``lavinkit data validate`` for a full check).
     """
     summaries: dict[str, TaskSummary] = {}
@@ -74,6 +75,13 @@ def inspect_shards(urls: str | Sequence[str], *, pairs_per_task: int = 4) -> Ins
             samples += 1
             s = summaries.setdefault(task, TaskSummary(task))
             s.count += 1
+            if meta.get("latents") is True:
+                # latent pairs (lavinkit encode): counted with the pixel shape their json records, not drawn
+                s.modalities.add(f"{meta.get('modality', 'unknown')} latents")
+                if all(isinstance(meta.get(k), int) for k in ("frames", "height", "width")):
+                    s.frames.add(meta["frames"])
+                    s.sizes.add((meta["height"], meta["width"]))
+                continue
             if len(s.examples) < pairs_per_task or "frames" not in meta:
                 try:
                     pair = decode_pair(sample, check_shape=False)

@@ -6,8 +6,12 @@ Task folders (the layout of the official LaVin-DiT release)::
     root/<task>/<NAME>_target.<png|jpg|jpeg|webp>
 
 Videos: a folder of video files cut into clips of ``frames`` = 1 + 4k frames every ``stride`` frames,
-either paired (``NAME_input.mp4`` + ``NAME_target.mp4``) or with the input made from each video by a
-named, seeded transform of :data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
+either paired (``NAME_input.mp4`` + ``NAME_target.mp4``, which must have the same frame count, frame rate
+and duration, or only the same duration when resampled to a common ``fps``) or with the input made from each video by a named, seeded transform of
+:data:`lavinkit.data.demo.TASKS` (e.g. ``video_deblurring``).
+
+Images and videos are read as displayed (EXIF orientation, display matrix, square pixels:
+:mod:`lavinkit.data.media`), so sizes are compared and pairs aligned as a viewer sees them.
 
 Next to the shards goes ``index.json`` (format: :mod:`lavinkit.data.shards`).
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lavinkit.data.demo import TASKS
-from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, read_video_file
+from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS, image_display_size, read_video_file, video_timing
 from lavinkit.data.schema import is_valid_frames, make_sample, sanitize_key
 from lavinkit.data.shards import (  # noqa: F401 - the writer and the index live with the reader
     DEFAULT_MAXCOUNT,
@@ -40,6 +44,12 @@ class PackError(ValueError):
 
 class PackOptionError(PackError):
     """A bad option value or a path that does not exist (a usage error: ``lavinkit data pack`` exits 2)."""
+
+
+class PairMismatchError(PackOptionError):
+    """Paired videos whose frame count, frame rate or duration differ (with ``--fps``: whose duration differs):
+    the folder pairs files that do not correspond, so it is refused before anything is written (``lavinkit data
+    pack`` exits 2)."""
 
 
 # ---------------------------------------------------------------------------------------------------- images
@@ -102,14 +112,11 @@ def find_pairs(folder: Path, exts: tuple[str, ...]) -> list[tuple[str, Path, Pat
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header."""
-    from PIL import Image, UnidentifiedImageError
-
+    """(H, W) as displayed (EXIF orientation applied), from the file header."""
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, UnidentifiedImageError) as err:
-        raise PackError(f"{path}: cannot read image ({err})") from err
+        return image_display_size(path)
+    except ValueError as err:
+        raise PackError(f"{path}: {err}") from err
 
 
 def _load_image(path: Path) -> np.ndarray:
@@ -199,9 +206,32 @@ def _round_robin(groups: dict[str, list]) -> list:
     return out
 
 
-def _prepare_video(path: Path, size: int | None) -> np.ndarray:
+def check_video_pairs(pairs: list[tuple[str, Path, Path]], fps: float | None = None) -> None:
+    """Refuse video pairs that are not the same moments (:class:`lavinkit.data.media.VideoTiming`).
+
+    Without ``fps`` frame counts, frame rates (within 0.1 %) and durations (within half a frame) must agree;
+    with ``fps`` (both videos are resampled to it) only the durations, within half a resampled frame.
+
+    Raises PairMismatchError naming both files of every mismatched pair and their figures, on one line.
+    """
+    bad = []
+    for _, in_path, tgt_path in pairs:
+        try:
+            inp, tgt = video_timing(in_path), video_timing(tgt_path)
+        except ValueError as err:
+            raise PackError(str(err)) from err
+        if not (inp.matches(tgt) if fps is None else abs(inp.duration - tgt.duration) <= 0.5 / fps + 1e-6):
+            bad.append(f"{inp.describe()} vs {tgt.describe()}")
+    if bad:
+        what = ("differ in frame count, frame rate or duration, so their frames would not correspond (--fps F "
+                "resamples both when only the rates differ)" if fps is None else
+                f"differ in duration, so their frames would not correspond even resampled to {fps:g} fps")
+        raise PairMismatchError(f"paired videos {what}: {'; '.join(bad)}")
+
+
+def _prepare_video(path: Path, size: int | None, fps: float | None = None) -> np.ndarray:
     try:
-        frames = read_video_file(path, short_side=size)
+        frames = read_video_file(path, short_side=size, fps=fps)
     except ValueError as err:
         raise PackError(str(err)) from err
     return square_resize(frames, size) if size is not None else crop_to_multiple(frames)
@@ -218,6 +248,7 @@ def pack_videos(
     size: int | None = 64,
     clip_ext: str = "mp4",
     seed: int = 0,
+    fps: float | None = None,
     prefix: str = "videos",
     maxcount: int = DEFAULT_MAXCOUNT,
     maxsize: float = DEFAULT_MAXSIZE,
@@ -230,13 +261,18 @@ def pack_videos(
         task: task name stored with each pair (default: the transform name).
         transform: name in :data:`lavinkit.data.demo.TASKS`: every video is a target source and the
             input is made by that seeded transform. Without it the folder must hold
-            ``NAME_input.<ext>`` / ``NAME_target.<ext>`` pairs, cut at the same frames.
+            ``NAME_input.<ext>`` / ``NAME_target.<ext>`` pairs, cut at the same frames; pairs whose frame
+            count, frame rate or duration differ are refused (:func:`check_video_pairs`) before anything
+            is written.
         frames: frames per clip, 1 + 4k.
         stride: frames between clip starts (default ``frames``: non-overlapping).
         size: resize (short side) and center-crop to ``size x size``; ``None`` keeps the resolution,
             center-cropped to multiples of 16.
         clip_ext: mp4 (H.264) or npy (lossless).
         seed: seed of the transform (each clip gets its own stream from ``(seed, video, window)``).
+        fps: resample every video to this rate first (the frame on screen every ``1 / fps`` seconds:
+            :func:`lavinkit.data.media.read_video_file`); paired videos then need only equal durations
+            (the resampled pair is cut to the shorter by at most one frame). ``None`` keeps every frame.
         progress: show a progress bar (videos) with an ETA.
     """
     from tqdm.auto import tqdm
@@ -248,6 +284,8 @@ def pack_videos(
         raise PackOptionError(f"--frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {frames}")
     if size is not None and (size <= 0 or size % 16):
         raise PackOptionError(f"--size must be a positive multiple of 16, got {size}")
+    if fps is not None and not fps > 0:
+        raise PackOptionError(f"--fps must be a positive number, got {fps}")
     stride = stride or frames
     if stride < 1:
         raise PackOptionError(f"--stride must be >= 1, got {stride}")
@@ -263,7 +301,7 @@ def pack_videos(
                 raise PackError(f"no video files ({', '.join(VIDEO_FILE_EXTS)}) in {videos}")
             need = frames + spec.extra_frames(frames)
             for vi, path in enumerate(tqdm(files, desc="lavinkit data pack", unit="video", disable=not progress)):
-                clip = _prepare_video(path, size)
+                clip = _prepare_video(path, size, fps)
                 for wi, start in enumerate(range(0, len(clip) - need + 1, stride)):
                     rng = np.random.default_rng([seed, vi, wi])
                     inp, tgt, params = spec.fn(clip[start:start + need], rng)
@@ -275,13 +313,18 @@ def pack_videos(
             if not task:
                 raise PackOptionError("paired videos need --task NAME (or give --transform to make inputs)")
             pairs = find_pairs(videos, VIDEO_FILE_EXTS)
+            check_video_pairs(pairs, fps)
             for name, in_path, tgt_path in tqdm(pairs, desc="lavinkit data pack", unit="video", disable=not progress):
-                inp, tgt = _prepare_video(in_path, size), _prepare_video(tgt_path, size)
+                inp, tgt = _prepare_video(in_path, size, fps), _prepare_video(tgt_path, size, fps)
                 if inp.shape[1:] != tgt.shape[1:]:
                     raise PackError(f"{in_path} ({inp.shape[1]}x{inp.shape[2]}) and {tgt_path} "
                                     f"({tgt.shape[1]}x{tgt.shape[2]}) differ in size; pass --size N")
-                n = min(len(inp), len(tgt))
-                for start in range(0, n - frames + 1, stride):
+                if fps is not None and abs(len(inp) - len(tgt)) <= 1:
+                    # durations within half a frame can round to one more resampled frame at the end
+                    inp, tgt = inp[:len(tgt)], tgt[:len(inp)]
+                if len(inp) != len(tgt):  # the packets agreed, but some did not decode
+                    raise PairMismatchError(f"{in_path}: {len(inp)} decodable frames vs {tgt_path}: {len(tgt)}")
+                for start in range(0, len(inp) - frames + 1, stride):
                     key = sanitize_key(f"{task}-{name}-{start:06d}")
                     meta = {"source": f"{name}@{start}", "transform": None}
                     writer.write(make_sample(key, task, inp[start:start + frames], tgt[start:start + frames],

@@ -5,11 +5,13 @@ The stages here know nothing about Lightning; :mod:`lavinkit.data.datamodule` as
 
 Error policy (one corrupt sample must never kill a run, many must stop it clearly):
 
-* A problem that can be seen WITHOUT decoding pixels (corrupt/truncated tar, bad key, missing or
-  duplicate member, json without ``"task"``) is caught by the webdataset ``handler`` or by
-  :func:`check_raw` and counted in a :class:`SkipLog`.
-* A problem seen while decoding (undecodable png/mp4, wrong frame count, size mismatch) drops the
-  in-context example it belongs to; the bad pair is counted the same way.
+* A corrupt or truncated tar is counted once by the reader (:func:`lavinkit.data.shards.raw_samples`),
+  which keeps the samples before the damage and goes on with the next shard.
+* A problem that can be seen WITHOUT decoding pixels (bad key, missing, duplicate, empty or non-adjacent
+  member, json without ``"task"``) costs only its sample: :func:`check_raw` rejects it, it is counted in a
+  :class:`SkipLog` and the rest of the shard is read.
+* A problem seen while decoding (undecodable png/mp4/npy, wrong frame count, size mismatch, NaN/Inf
+  latents) drops the in-context example it belongs to; the bad pair is counted the same way.
 * Counts travel to the main process with every batch (:data:`SKIP_FIELD`, removed before the batch
   reaches the user) and the loader stops the run with :class:`DataStreamError` naming the last bad
   shard and key once ``max_skipped`` is exceeded.
@@ -17,24 +19,38 @@ Error policy (one corrupt sample must never kill a run, many must stop it clearl
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lavinkit.data.incontext import TaskGrouper, draw_num_context
 from lavinkit.data.media import decode_media
-from lavinkit.data.schema import DataStreamError, RawPair, SampleError, check_raw, shape_problems
+from lavinkit.data.schema import (
+    DataStreamError,
+    RawPair,
+    SampleError,
+    check_raw,
+    decode_latent,
+    latent_problems,
+    shape_problems,
+)
 from lavinkit.data.shards import SkipLog, raw_samples, resolve_urls  # noqa: F401 - resolve_urls: re-exported
 from lavinkit.seeding import derive_rng, derive_seed  # noqa: F401 - re-exported
 
 SKIP_FIELD = "__lavinkit_skipped__"
 ERROR_FIELD = "__lavinkit_error__"
+
+
+def skip_summary(log: SkipLog) -> str:
+    """``"; 2 bad samples skipped, last: shard X, key 'k': reason"`` for error messages ("" when none)."""
+    if not log.count:
+        return ""
+    url, key, reason = log.last
+    return f"; {log.count} bad sample(s) skipped, last: shard {url}, key {key!r}: {reason}"
 
 
 def checked_pairs(samples: Iterable[dict], log: SkipLog) -> Iterator[RawPair]:
@@ -136,35 +152,11 @@ class LatentDecoder:
                 raise DataStreamError(
                     f"shard {pair.url}, key {pair.key!r}: latents made by VAE {name!r}, the stream expects {self.vae!r}"
                 )
-        tensors = []
-        for member in ("input", "target"):
-            name = next((n for n in pair.sample if n.lower().startswith(member + ".")), None)
-            if name is None or not name.lower().endswith(".npy"):
-                raise SampleError(
-                    f"missing member {member}.npy", url=pair.url, key=pair.key, kind="missing-member"
-                )
-            try:
-                arr = np.load(io.BytesIO(pair.sample[name]), allow_pickle=False)
-            except Exception as err:  # noqa: BLE001 - numpy raises several types for bad headers
-                raise SampleError(
-                    f"{name}: cannot decode npy ({err})", url=pair.url, key=pair.key, kind="undecodable"
-                ) from err
-            if arr.ndim != 4 or not np.issubdtype(arr.dtype, np.floating):
-                raise SampleError(
-                    f"{name}: expected float latents [C, t, h, w], got {arr.dtype} {list(arr.shape)}",
-                    url=pair.url,
-                    key=pair.key,
-                    kind="undecodable",
-                )
-            tensors.append(torch.from_numpy(arr.astype(np.float32, copy=False)))
-        inp, tgt = tensors
-        if inp.shape != tgt.shape:
-            raise SampleError(
-                f"input latents {list(inp.shape)} and target {list(tgt.shape)} differ",
-                url=pair.url,
-                key=pair.key,
-                kind="size-mismatch",
-            )
+        inp, tgt = (decode_latent(pair.sample, name, pair.url, pair.key) for name in pair.members)
+        # json fields that disagree (meta-mismatch) are for validate; wrong shapes and NaN/Inf cannot be trained on
+        problems = [(k, m) for k, m in latent_problems(inp, tgt, pair.meta) if k != "meta-mismatch"]
+        if problems:
+            raise SampleError("; ".join(m for _, m in problems), url=pair.url, key=pair.key, kind=problems[0][0])
         if self.shift != 0.0 or self.scale != 1.0:
             inp, tgt = (inp - self.shift) * self.scale, (tgt - self.shift) * self.scale
         return inp, tgt
@@ -369,6 +361,7 @@ class PairStream(torch.utils.data.IterableDataset):
                     raise DataStreamError(
                         f"validation source {src.name!r}: no readable sample for rank {self.rank} "
                         f"(unit {unit} of {units}) in {len(src.urls)} shards (first: {src.urls[0]!r})"
+                        + skip_summary(log)
                     )
                 if not cycle:
                     return
@@ -380,9 +373,10 @@ class PairStream(torch.utils.data.IterableDataset):
             rng=derive_rng("thin-val", self.seed, src.name, unit),
         )
 
-    def count_val_batches(self, src: Source, unit: int, units: int) -> int:
-        """Full batches one validation unit forms in one pass (grouping only, nothing decoded)."""
-        grouper = self._val_grouper(src, unit, units, SkipLog(), cycle=False)
+    def count_val_batches(self, src: Source, unit: int, units: int, log: SkipLog | None = None) -> int:
+        """Full batches one validation unit forms in one pass (grouping only, nothing decoded); the samples
+        skipped on the way are counted in ``log`` (for an error that names them)."""
+        grouper = self._val_grouper(src, unit, units, SkipLog() if log is None else log, cycle=False)
         n, examples = self.num_context[1] + 1, 0
         while grouper.next_example(n) is not None:
             examples += 1
@@ -399,7 +393,7 @@ class PairStream(torch.utils.data.IterableDataset):
             if ex is None:
                 raise DataStreamError(
                     f"source {src.name!r} ran out of in-context examples of {n} pairs; "
-                    f"task buffers hold {grouper.pending()} (every task needs at least {n} pairs)"
+                    f"task buffers hold {grouper.pending()} (every task needs at least {n} pairs)" + skip_summary(log)
                 )
             if not decode:
                 examples.append(ex)

@@ -11,6 +11,10 @@ Only ``"task"`` is required in the json; the other fields are written by :func:`
 Keys use ``[A-Za-z0-9_-]`` only: WebDataset splits a member name at the first dot of its basename,
 so a dot in a key silently moves part of the key into the extension, and ``/`` would make a folder.
 
+Latent shards (written by ``lavinkit encode``) use the same layout with ``<key>.input.npy`` /
+``<key>.target.npy`` float16 latents ``[C, t, h, w]`` and ``"latents": true`` (plus ``"latent_shape"`` and the
+``"vae"`` record) in the json; :func:`check_sample` checks them as latents.
+
 Decoded pairs are ``uint8`` tensors ``[3, T, H, W]`` (an image is T = 1). Models need T = 1 + 4k
 frames and H, W multiples of 16; :func:`decode_pair` checks that unless ``check_shape=False``.
 Pixel conversions on decode (grayscale, palette, alpha, 16-bit) are listed in :mod:`lavinkit.data.media`.
@@ -18,6 +22,7 @@ Pixel conversions on decode (grayscale, palette, alpha, 16-bit) are listed in :m
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from lavinkit.data.media import CLIP_EXTS, IMAGE_EXTS, as_frames, decode_media, encode_media
+from lavinkit.data.shards import PROBLEMS_FIELD
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 MEMBERS = ("input", "target")
@@ -201,6 +207,48 @@ def decode_member(sample: dict, name: str, url: str | None, key: str) -> torch.T
         raise SampleError(f"{name}: {err}", url=url, key=key, kind="undecodable") from err
 
 
+def decode_latent(sample: dict, name: str, url: str | None, key: str) -> torch.Tensor:
+    """A latent member (``.npy`` bytes, or an array already loaded) -> float32 ``[C, t, h, w]``.
+
+    Raises:
+        SampleError: ``bad-extension`` (not npy), ``undecodable`` (bad npy, not a 4-d float array).
+    """
+    value = sample[name]
+    if not isinstance(value, np.ndarray):
+        if not name.lower().endswith(".npy"):
+            raise SampleError(f"{name}: latent members are .npy files", url=url, key=key, kind="bad-extension")
+        try:
+            value = np.load(io.BytesIO(bytes(value)), allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - numpy raises several types for bad headers
+            raise SampleError(f"{name}: cannot decode npy ({err})", url=url, key=key, kind="undecodable") from err
+    if value.ndim != 4 or not np.issubdtype(value.dtype, np.floating):
+        raise SampleError(f"{name}: expected float latents [C, t, h, w], got {value.dtype} {list(value.shape)}",
+                          url=url, key=key, kind="undecodable")
+    return torch.from_numpy(value.astype(np.float32))
+
+
+def latent_problems(inp: torch.Tensor, tgt: torch.Tensor, meta: dict) -> list[tuple[str, str]]:
+    """Problems of a decoded latent pair (float32 ``[C, t, h, w]`` each) as ``(kind, message)``.
+
+    Kinds: ``size-mismatch`` (input and target shapes differ), ``non-finite`` (NaN/Inf, e.g. a float16
+    overflow), ``meta-mismatch`` (shape differs from the json's ``latent_shape`` or the VAE's channels).
+    """
+    problems = []
+    if inp.shape != tgt.shape:
+        problems.append(("size-mismatch", f"input latents {list(inp.shape)} and target {list(tgt.shape)} differ"))
+    for name, z in (("input", inp), ("target", tgt)):
+        if not torch.isfinite(z).all():
+            problems.append(("non-finite", f"{name} latents hold {int((~torch.isfinite(z)).sum())} NaN/Inf values"))
+    shape = meta.get("latent_shape")
+    if isinstance(shape, list) and shape != list(inp.shape):
+        problems.append(("meta-mismatch", f"json latent_shape {shape} != input latents {list(inp.shape)}"))
+    vae = meta.get("vae")
+    channels = vae.get("latent_channels") if isinstance(vae, dict) else None
+    if isinstance(channels, int) and channels != inp.shape[0]:
+        problems.append(("meta-mismatch", f"the json's VAE makes {channels} latent channels, input has {inp.shape[0]}"))
+    return problems
+
+
 def parse_meta(sample: dict, url: str | None = None, key: str = "?") -> dict:
     """The sample's json as a dict with a non-empty ``"task"`` string, else :class:`SampleError`."""
     raw = sample.get("json")
@@ -264,15 +312,21 @@ def check_sample(sample: dict, *, decode: bool = True, check_shape: bool = True,
                  ) -> tuple[list[Problem], dict | None, dict[str, torch.Tensor]]:
     """THE sample checker (training streams, ``lavinkit data validate``, ``inspect``, ``encode``, ``eval``).
 
+    Reports the problems the shard reader attached to the sample (``"__problems__"``: duplicate or
+    non-adjacent members, see :func:`lavinkit.data.shards.shard_samples`), empty (0-byte) members, then
+    checks key, members and json, and with ``decode`` the contents: pixel pairs are decoded to uint8
+    ``[3, T, H, W]`` and shape-checked; latent pairs (json ``"latents": true``, written by ``lavinkit encode``)
+    are loaded as float32 ``[C, t, h, w]`` and checked against their json (:func:`latent_problems`).
+
     Args:
         sample: a raw sample ``{"__key__", "__url__", member: bytes}`` (members may be pre-decoded: ndarray, dict).
         decode: also decode input and target and check their shapes (``False``: keys, members and json only).
-        check_shape: with ``decode``, require T = 1 + 4k and H, W multiples of 16.
+        check_shape: with ``decode``, require T = 1 + 4k and H, W multiples of 16 (pixel pairs).
         tasks: known task names (``None``: any task).
 
     Returns:
-        ``(problems, meta, decoded)``: every problem found, the parsed json (``None`` if unusable) and
-        ``{"input", "target"}`` uint8 ``[3, T, H, W]`` tensors that were decoded.
+        ``(problems, meta, decoded)``: every problem found, the parsed json (``None`` if unusable) and the
+        ``{"input", "target"}`` tensors that were decoded.
     """
     url, key = sample.get("__url__") or "<unknown shard>", sample.get("__key__", "?")
     members = {k: v for k, v in sample.items() if not k.startswith("__")}
@@ -281,6 +335,10 @@ def check_sample(sample: dict, *, decode: bool = True, check_shape: bool = True,
     def add(kind: str, msg: str, k: str = key) -> None:
         problems.append(Problem(url, k, kind, msg))
 
+    for kind, msg in sample.get(PROBLEMS_FIELD, ()):
+        add(kind, msg)
+    # the later part of a key split in two lacks the members of the first part: that is the problem, not more
+    split = any(p.kind == "non-adjacent" for p in problems)
     # a dot in the real key shows up as a suffix like "b.input.png" under key "a" (WebDataset splits at the first dot)
     dotted: dict[str, list[str]] = {}
     for suffix in list(members):
@@ -297,36 +355,52 @@ def check_sample(sample: dict, *, decode: bool = True, check_shape: bool = True,
         add("bad-key", problem)
         return problems, None, {}
     found, unknown = split_members(members)
+    # an empty input/target/json is reported as such (not also as missing, undecodable or bad json)
+    empty_groups = set()
+    for member, names in found.items():
+        for name in [n for n in names if isinstance(members[n], (bytes, bytearray, memoryview)) and not members[n]]:
+            add("empty-member", f"member {key}.{name} is empty (0 bytes)")
+            names.remove(name)
+            members.pop(name)
+            empty_groups.add(member)
     for name in unknown:
         add("unknown-member", f"member {key}.{name!r} is not input.<ext>, target.<ext> or json")
     for member in MEMBERS:
-        if not found[member]:
+        if not found[member] and member not in empty_groups and not split:
             add("missing-member", f"missing member {member}.<ext>")
         elif len(found[member]) > 1:
             add("duplicate-member", f"more than one {member} member: {sorted(found[member])}")
     meta = None
-    try:
-        meta = parse_meta(members, url, key)
-        if tasks is not None and meta["task"] not in tasks:
-            add("unknown-task", f"task {meta['task']!r} is not one of the known tasks {sorted(tasks)}")
-    except SampleError as err:
-        add(err.kind, err.reason)
+    if found["json"] or not ("json" in empty_groups or split):
+        try:
+            meta = parse_meta(members, url, key)
+            if tasks is not None and meta["task"] not in tasks:
+                add("unknown-task", f"task {meta['task']!r} is not one of the known tasks {sorted(tasks)}")
+        except SampleError as err:
+            add(err.kind, err.reason)
     decoded: dict[str, torch.Tensor] = {}
-    if decode:
-        for member in MEMBERS:
-            if len(found[member]) == 1:
-                try:
-                    decoded[member] = decode_member(members, found[member][0], url, key)
-                except SampleError as err:
-                    add(err.kind, err.reason)
-        if len(decoded) == 2:
-            inp, tgt = decoded["input"], decoded["target"]
-            for kind, msg in shape_problems(inp, tgt, check_shape=check_shape):
+    if not decode:
+        return problems, meta, decoded
+    latents = bool(meta and meta.get("latents") is True)
+    for member in MEMBERS:
+        if len(found[member]) == 1:
+            try:
+                decode_one = decode_latent if latents else decode_member
+                decoded[member] = decode_one(members, found[member][0], url, key)
+            except SampleError as err:
+                add(err.kind, err.reason)
+    if len(decoded) == 2:
+        inp, tgt = decoded["input"], decoded["target"]
+        if latents:
+            for kind, msg in latent_problems(inp, tgt, meta):
                 add(kind, msg)
-            got = {"frames": inp.shape[1], "height": inp.shape[2], "width": inp.shape[3]}
-            wrong = [f"{k} {meta[k]} != {v}" for k, v in got.items() if meta and k in meta and meta[k] != v]
-            if wrong:
-                add("meta-mismatch", f"json disagrees with the input pixels: {', '.join(wrong)}")
+            return problems, meta, decoded
+        for kind, msg in shape_problems(inp, tgt, check_shape=check_shape):
+            add(kind, msg)
+        got = {"frames": inp.shape[1], "height": inp.shape[2], "width": inp.shape[3]}
+        wrong = [f"{k} {meta[k]} != {v}" for k, v in got.items() if meta and k in meta and meta[k] != v]
+        if wrong:
+            add("meta-mismatch", f"json disagrees with the input pixels: {', '.join(wrong)}")
     return problems, meta, decoded
 
 
@@ -350,7 +424,7 @@ def check_raw(sample: dict) -> RawPair:
                    members=(found["input"][0], found["target"][0]))
 
 
-def decode_pair(sample: dict, *, check_shape: bool = True) -> dict:
+def decode_pair(sample: dict, *, check_shape: bool = True, latents: bool = False) -> dict:
     """Decode a raw WebDataset sample (member name -> bytes) into a pair.
 
     Args:
@@ -358,6 +432,7 @@ def decode_pair(sample: dict, *, check_shape: bool = True) -> dict:
             already decoded (ndarray for npy, dict for json).
         check_shape: also require T = 1 + 4k and H, W multiples of 16 (``lavinkit data validate``
             reports those; the training pipelines enforce them).
+        latents: accept latent pairs (written by ``lavinkit encode``); they decode to float32 ``[C, t, h, w]``.
 
     Returns:
         ``{"key": str, "task": str, "url": str, "input": uint8 [3, T, H, W], "target": uint8 [3, T, H, W],
@@ -365,8 +440,12 @@ def decode_pair(sample: dict, *, check_shape: bool = True) -> dict:
 
     Raises:
         SampleError: naming the shard url and key (missing/duplicate member, bad key, undecodable
-            file, json without task, different input/target shapes, bad frame count or size).
+            file, json without task, different input/target shapes, bad frame count or size, a latent
+            pair without ``latents=True``).
     """
     problems, meta, decoded = check_sample(sample, check_shape=check_shape)
     _raise_first(problems, sample)
+    if meta.get("latents") is True and not latents:
+        raise SampleError("holds latents (written by `lavinkit encode`); pixel pairs are expected here",
+                          url=sample.get("__url__"), key=sample["__key__"], kind="latents")
     return {"key": sample["__key__"], "task": meta["task"], "url": sample.get("__url__"), **decoded, "meta": meta}

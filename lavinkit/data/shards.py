@@ -359,7 +359,23 @@ class SkipLog:
 
 
 class TarFormatError(ValueError):
-    """A tar stream that cannot be parsed (bad header checksum, truncated member)."""
+    """A tar stream that cannot be read to its end: ``kind`` is ``"truncated"`` (cut at a member boundary, inside a
+    header or inside member data) or ``"corrupt-tar"`` (bad header checksum, not a tar); ``key`` names the sample
+    that was being read when the damage was found (``None`` if none), ``reason`` says what is wrong. The message
+    is ``"shard URL, key 'KEY': REASON"``."""
+
+    def __init__(self, reason: str, *, url: str, kind: str = "corrupt-tar", key: str | None = None,
+                 member: str | None = None):
+        super().__init__(reason)
+        self.reason, self.url, self.kind, self.key = reason, url, kind, key
+        self.member = member  # the member whose data was cut, when the cut is inside member data
+
+    def __str__(self) -> str:
+        where = f"shard {self.url}" if self.key is None else f"shard {self.url}, key {self.key!r}"
+        return f"{where}: {self.reason}"
+
+
+_ZERO_BLOCK = b"\0" * 512
 
 
 def _octal(field: bytes) -> int:
@@ -383,29 +399,52 @@ def _pax_records(data: bytes) -> dict[str, str]:
 def tar_members(stream, url: str) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of the regular files in an uncompressed tar stream (ustar, pax, GNU long names).
 
-    A lean replacement for ``tarfile``'s streaming mode (3-10x faster on small members); headers are
-    checksum-verified and a truncated member raises :class:`TarFormatError` naming ``url``.
+    A lean replacement for ``tarfile``'s streaming mode (3-10x faster on small members). Headers are
+    checksum-verified, and a stream must end with the end-of-archive marker (two 512-byte zero blocks) that
+    every tar writer puts last: a stream that stops without it, or stops inside a header or inside member data,
+    was cut short (a writer that died, a full disk, an interrupted copy).
+
+    Raises:
+        TarFormatError: ``kind="truncated"`` or ``"corrupt-tar"``, naming ``url`` and the last member read.
     """
     read = stream.read
     pax: dict[str, str] = {}
     longname: str | None = None
+    last = None  # name of the last member read, for error messages
+
+    def after() -> str:
+        return f"after member {last!r}" if last is not None else "before the first member"
+
     while True:
         header = read(512)
         if not header:
+            raise TarFormatError(f"truncated tar: the stream ends {after()} without the end-of-archive marker "
+                                 "(two zero blocks)", url=url, kind="truncated")
+        if header == _ZERO_BLOCK[: len(header)]:
+            # a full second zero block, or any further data (readers stop at the first zero block), ends the tar
+            if len(header) < 512 or len(read(512)) < 512:
+                raise TarFormatError(f"truncated tar: the end-of-archive marker is cut short {after()}",
+                                     url=url, kind="truncated")
             return
         if len(header) < 512:
-            raise TarFormatError(f"truncated tar header in {url}")
-        if header == b"\0" * 512:
-            return
+            raise TarFormatError(f"truncated tar: cut inside a tar header ({len(header)} of 512 bytes) {after()}",
+                                 url=url, kind="truncated")
         chksum = _octal(header[148:156])
         if chksum != sum(header[:148]) + 256 + sum(header[156:]):
-            raise TarFormatError(f"bad tar header checksum in {url} (corrupt or not a tar file)")
+            raise TarFormatError(f"bad tar header checksum {after()} (corrupt, or not a tar file)", url=url)
         size = _octal(header[124:136])
         kind = header[156:157]
         padded = (size + 511) & ~511
         data = read(padded) if padded else b""
+        name = pax.get("path") or longname
+        if name is None:
+            name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
+            if header[257:262] == b"ustar" and header[345:346] != b"\0":
+                name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
         if len(data) < padded:
-            raise TarFormatError(f"truncated tar member in {url}")
+            where = f"{len(data)} of {size} bytes" if len(data) < size else "in the padding after its data"
+            raise TarFormatError(f"truncated tar: cut inside member {name!r} ({where})",
+                                 url=url, kind="truncated", member=name)
         data = data[:size]
         if kind == b"x":
             pax = _pax_records(data)
@@ -413,15 +452,10 @@ def tar_members(stream, url: str) -> Iterator[tuple[str, bytes]]:
         if kind == b"L":
             longname = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
             continue
-        if kind not in (b"0", b"\0", b"7"):
-            pax, longname = {}, None  # directories, links, global headers: nothing to read
-            continue
-        name = pax.get("path") or longname
-        if name is None:
-            name = header[:100].rstrip(b"\0").decode("utf-8", "surrogateescape")
-            if header[257:262] == b"ustar" and header[345:346] != b"\0":
-                name = header[345:500].rstrip(b"\0").decode("utf-8", "surrogateescape") + "/" + name
         pax, longname = {}, None
+        if kind not in (b"0", b"\0", b"7"):
+            continue  # directories, links, global headers: nothing to read
+        last = name
         yield name, data
 
 
@@ -434,32 +468,93 @@ def _split_name(name: str) -> tuple[str | None, str | None]:
     return name[:dot], name[dot + 1 :]
 
 
+PROBLEMS_FIELD = "__problems__"
+
+
 def shard_samples(url: str, stream) -> Iterator[dict]:
     """Group one shard's members into raw samples ``{"__key__", "__url__", suffix: bytes}``.
 
-    Members are grouped by consecutive key like ``webdataset.tarfile_to_samples``; a duplicate member
-    name raises ``ValueError`` naming url and key.
+    Members are grouped by consecutive key like ``webdataset.tarfile_to_samples``. Malformed members cost only
+    their own sample: the sample is yielded with ``"__problems__": [(kind, message), ...]`` (which
+    :func:`lavinkit.data.schema.check_sample` reports and the streams skip and count) and reading goes on:
+
+    * ``duplicate-member``: a member name appears twice in a row of one key (the first copy is kept);
+    * ``non-adjacent``: a key whose members were interrupted by another key comes back later;
+    * ``duplicate-key``: a key comes back later repeating members it already had (the same sample written twice);
+    * ``no-extension``: a member name without an extension (``README``); yielded as its own sample, no members.
+
+    Raises:
+        TarFormatError: the stream is truncated or corrupt (see :func:`tar_members`), after the complete samples
+            before the damage; its ``key`` names the sample that was being read (not yielded: it may be incomplete).
     """
     current: dict | None = None
-    for name, data in tar_members(stream, url):
-        base = name.rsplit("/", 1)[-1]
-        if base.startswith("__") and base.endswith("__"):
-            continue
-        key, suffix = _split_name(name)
-        if key is None:
-            continue
-        suffix = suffix.lower()
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            current = {"__key__": key, "__url__": url}
-        if suffix in current:
-            err = ValueError(f"duplicate member {name!r}")
-            err.url, err.key = url, key  # type: ignore[attr-defined]
-            raise err
-        current[suffix] = data
+    seen: dict[str, set[str]] = {}  # key -> suffixes of the samples already yielded with that key
+
+    def close(sample: dict) -> dict:
+        key = sample["__key__"]
+        suffixes = {s for s in sample if not s.startswith("__")}
+        earlier = seen.get(key)
+        if earlier is not None:
+            again = sorted(suffixes & earlier)
+            if again:
+                _problem(sample, "duplicate-key", f"key appears again later in the shard, repeating members {again}")
+            else:
+                _problem(sample, "non-adjacent", f"members {sorted(suffixes)} come later in the shard than the "
+                         f"other members of this key {sorted(earlier)}; a key's members must be adjacent")
+            earlier |= suffixes
+        else:
+            seen[key] = suffixes
+        return sample
+
+    try:
+        for name, data in tar_members(stream, url):
+            base = name.rsplit("/", 1)[-1]
+            if base.startswith("__") and base.endswith("__"):
+                continue
+            key, suffix = _split_name(name)
+            if key is None:
+                if current is not None:
+                    yield close(current)
+                    current = None
+                stray = {"__key__": name, "__url__": url}
+                yield _problem(stray, "no-extension", f"member {name!r} has no extension; expected "
+                               "<key>.input.<ext>, <key>.target.<ext> or <key>.json")
+                continue
+            suffix = suffix.lower()
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield close(current)
+                current = {"__key__": key, "__url__": url}
+            if suffix.startswith("__"):  # would pass for the sample's own "__key__" / "__url__" fields
+                _problem(current, "unknown-member", f"member {name!r}: extensions starting with '__' are reserved")
+                continue
+            if suffix in current:
+                _problem(current, "duplicate-member", f"member {name!r} appears more than once; only the first "
+                         "copy was read")
+                continue
+            current[suffix] = data
+    except TarFormatError as err:
+        cut_key = _split_name(err.member)[0] if err.member is not None else None
+        if current is not None and cut_key is not None and cut_key != current["__key__"]:
+            yield close(current)  # the cut is in the next key's member: this sample was complete
+            current = None
+        err.key = current["__key__"] if current is not None else cut_key
+        if current is not None:
+            read = sorted(s for s in current if not s.startswith("__"))
+            err.reason += f"; sample {err.key!r} (members read: {read}) is not read"
+        elif err.key is not None:
+            err.reason += f"; sample {err.key!r} is not read"
+        raise
+    except EOFError as err:  # a compressed shard cut short (gzip)
+        key = current["__key__"] if current is not None else None
+        raise TarFormatError(f"truncated: {err}", url=url, kind="truncated", key=key) from err
     if current is not None:
-        yield current
+        yield close(current)
+
+
+def _problem(sample: dict, kind: str, message: str) -> dict:
+    sample.setdefault(PROBLEMS_FIELD, []).append((kind, message))
+    return sample
 
 
 def open_shard(url: str):
@@ -478,8 +573,9 @@ def open_shard(url: str):
 def raw_samples(url_source: Iterable[dict], log: SkipLog) -> Iterator[dict]:
     """Shard dicts ``{"url": ...}`` -> raw samples ``{"__key__", "__url__", member: bytes}``.
 
-    A shard that cannot be opened or parsed (corrupt/truncated tar, duplicate member) is counted in ``log`` and
-    the stream goes on with the next shard; the samples read before the damage are kept.
+    A shard that cannot be opened or read to its end (corrupt or truncated tar) is counted in ``log`` and the
+    stream goes on with the next shard; the samples read before the damage are kept. Malformed members are not
+    caught here: they travel with their sample (see :func:`shard_samples`) to the sample checker.
     """
     for shard in url_source:
         url = shard["url"]
@@ -490,7 +586,9 @@ def raw_samples(url_source: Iterable[dict], log: SkipLog) -> Iterator[dict]:
             continue
         try:
             yield from shard_samples(url, stream)
+        except TarFormatError as exn:
+            log.add(url, exn.key, exn.reason)
         except Exception as exn:  # noqa: BLE001 - one damaged shard must not end the stream
-            log.add(url, getattr(exn, "key", None), f"{type(exn).__name__}: {exn}")
+            log.add(url, None, f"{type(exn).__name__}: {exn}")
         finally:
             stream.close()

@@ -53,7 +53,7 @@ class LPIPS:
     Args:
         weights_path: torchvision ImageNet weights of the backbone (e.g. ``alexnet-owt-7be5be79.pth``,
             ``vgg16-397923af.pth``, ``squeezenet1_1-b8a52dc0.pth``): a torchvision state dict, ``.pth`` or
-            ``.safetensors``.
+            ``.safetensors``; only its ``features.*`` trunk is read, so timm's ``vgg16`` file serves ``"vgg"`` too.
         net: ``"alex"``, ``"vgg"`` or ``"squeeze"``.
 
     Raises:
@@ -66,7 +66,7 @@ class LPIPS:
         import torchvision
         from torchmetrics.functional.image.lpips import _NoTrainLpips
 
-        from lavinkit.losses.perceptual import load_state_dict_file
+        from lavinkit.losses.perceptual import load_backbone_state, load_state_dict_file
 
         if net not in self.TORCHVISION:
             raise ValueError(f"LPIPS net must be one of {sorted(self.TORCHVISION)}, got {net!r}")
@@ -74,11 +74,12 @@ class LPIPS:
         if not path.is_file():
             raise FileNotFoundError(f"LPIPS weights {path}: no such file (LPIPS weights are never downloaded)")
         backbone = getattr(torchvision.models, self.TORCHVISION[net])(weights=None)
-        try:
-            backbone.load_state_dict(load_state_dict_file(path), strict=True)
-        except (RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise ValueError(f"LPIPS weights {path} do not fit torchvision {self.TORCHVISION[net]}: {first}") from None
+        # only the convolutional trunk (``features.*``) is used: a full torchvision file loads, and so does a timm
+        # vgg16 file (same trunk names, another classifier)
+        trunk = torch.nn.Module()
+        trunk.features = backbone.features
+        load_backbone_state(trunk, load_state_dict_file(path),
+                            f"LPIPS weights {path} do not fit torchvision {self.TORCHVISION[net]}")
         # pnet_rand: build the backbone without downloading, then copy the local weights into its slices, whose
         # children are named by their index in torchvision's ``features``
         self.net = _NoTrainLpips(net=net, pnet_rand=True)

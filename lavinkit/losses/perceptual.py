@@ -1,9 +1,12 @@
 """LPIPS-style perceptual distance over a timm backbone, with weights read only from a local file.
 
-No weights are ever downloaded: the backbone is built with ``timm.create_model(pretrained=False,
-features_only=True)`` and its weights come from ``weights_path`` (a ``.safetensors`` file or a
-``torch.save`` state dict read with ``weights_only=True``), e.g. a timm / torchvision ImageNet checkpoint
-the user copied onto the machine. The distance follows LPIPS without the learned linear heads:
+No weights are ever downloaded: the backbone is built with ``timm.create_model(pretrained=False)``, cut
+after its last used feature level (``prune_intermediate_layers``), and its weights come from ``weights_path``
+(a ``.safetensors`` file or a ``torch.save`` state dict read with ``weights_only=True``): a full-model
+ImageNet checkpoint the user copied onto the machine, in timm's layout or torchvision's (the two name the
+convolutional trunk of VGG / ResNet alike and differ only in the classifier, which is not used). Features
+are timm's ``forward_intermediates`` at ``out_indices`` (the levels of ``features_only``). The distance
+follows LPIPS without the learned linear heads:
 
     d(x, y) = sum_l mean_{h,w} || n(f_l(x)) - n(f_l(y)) ||^2 ,  n = unit-normalise over channels
 
@@ -12,7 +15,7 @@ Clips are compared frame by frame (time folded into the batch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -47,13 +50,42 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
+def load_backbone_state(model: nn.Module, state: dict[str, Tensor], context: str,
+                        known: Collection[str] | None = None) -> None:
+    """Copy a checkpoint's tensors into ``model`` by name, strictly over what the model holds.
+
+    Every tensor of ``model`` must be in ``state`` with its shape (BatchNorm's ``num_batches_tracked``, absent
+    from older torchvision files, may be missing). A key of ``state`` under one of the model's own top-level
+    modules that is not in ``known`` (default: the model's keys) is an error too: it belongs to another depth or
+    variant of the family, e.g. a vgg19 or resnet34 file for vgg16 / resnet18. Keys under other modules (a
+    classifier) and ``known`` keys the model lacks (stages pruned after the last used level) are ignored.
+
+    Raises:
+        ValueError: starting with ``context``, naming up to five missing and unexpected keys.
+    """
+    own = model.state_dict()
+    roots = {k.split(".", 1)[0] for k in own}
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    known = own.keys() if known is None else known
+    unexpected = sorted(k for k in state if k not in known and k.split(".", 1)[0] in roots)
+    if missing or unexpected:
+        raise ValueError(f"{context}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    try:
+        model.load_state_dict({k: state[k] for k in own if k in state}, strict=True)
+    except RuntimeError as err:  # same names, other shapes
+        raise ValueError(f"{context}: {' '.join(str(err).split())}") from None
+
+
 class PerceptualLoss(nn.Module):
     """Weighted LPIPS-style feature distance (term ``"perceptual"``).
 
     Args:
-        weights_path: local file with the backbone's weights (full-model or features-only keys; keys of
-            stages or heads the feature extractor does not use are ignored). Missing file -> ``FileNotFoundError`` naming it.
-        backbone: timm model name (must support ``features_only``).
+        weights_path: local file with the backbone's weights, timm or torchvision layout (a full model, or only
+            its trunk; classifier heads and stages after the last used level are ignored). Missing file ->
+            ``FileNotFoundError`` naming it; a file of another architecture -> ``ValueError`` naming the missing
+            and unexpected keys.
+        backbone: timm model name (a model with ``forward_intermediates``: VGG, ResNet, ConvNeXt, EfficientNet ...).
         out_indices: feature levels used (timm ``out_indices``); ``None`` uses all.
         weight: multiplier of the term.
 
@@ -73,22 +105,19 @@ class PerceptualLoss(nn.Module):
         import timm
 
         state = load_state_dict_file(weights_path)
-        kwargs = {"out_indices": tuple(out_indices)} if out_indices is not None else {}
-        net = timm.create_model(backbone, pretrained=False, features_only=True, **kwargs)
-        with torch.device("meta"):  # key set of the full model (pruned stages, classifier head), no allocation
-            full_keys = set(timm.create_model(backbone, pretrained=False).state_dict())
-        unexpected = sorted(set(state) - full_keys)
-        missing = sorted(set(net.state_dict()) - set(state))
-        if missing or unexpected:
-            raise ValueError(
-                f"PerceptualLoss: {weights_path} does not match timm backbone {backbone!r}: "
-                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-            )
-        try:
-            net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()}, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"PerceptualLoss: {weights_path} does not fit timm backbone {backbone!r}: {err}") from err
+        net = timm.create_model(backbone, pretrained=False)
+        if not hasattr(net, "forward_intermediates"):
+            raise ValueError(f"PerceptualLoss: timm backbone {backbone!r} has no forward_intermediates; "
+                             "pick a CNN such as vgg16, resnet50 or convnext_tiny")
+        full_keys = set(net.state_dict())
+        levels = len(net.feature_info)
+        indices = list(out_indices) if out_indices is not None else list(range(levels))
+        if not indices or not all(-levels <= i < levels for i in indices):
+            raise ValueError(f"PerceptualLoss: out_indices {indices} out of range for {backbone!r} "
+                             f"({levels} feature levels)")
+        net.prune_intermediate_layers(indices, prune_head=True)  # drop what no used level needs: head, late stages
+        load_backbone_state(net, state, f"PerceptualLoss: {weights_path} does not fit timm backbone {backbone!r}",
+                            known=full_keys)
         net.eval().requires_grad_(False)
         object.__setattr__(self, "_net", net)  # not a submodule: see class docstring
         cfg = net.pretrained_cfg
@@ -97,6 +126,7 @@ class PerceptualLoss(nn.Module):
         self.weights_path = str(weights_path)
         self.backbone = backbone
         self.out_indices = list(out_indices) if out_indices is not None else None
+        self._indices = indices
         self.weight = float(weight)
 
     @property
@@ -112,7 +142,7 @@ class PerceptualLoss(nn.Module):
     def _features(self, x: Tensor) -> list[Tensor]:
         # [-1, 1] -> ImageNet-normalised
         x = ((x + 1.0) * 0.5 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return self._net(x)
+        return self._net.forward_intermediates(x, indices=self._indices, intermediates_only=True)
 
     def distance(self, x_hat: Tensor, x: Tensor) -> Tensor:
         """Per-frame LPIPS-style distance.
@@ -147,4 +177,4 @@ class PerceptualLoss(nn.Module):
         return {"perceptual": self.weight * self.distance(x_hat, x.detach()).mean()}
 
 
-__all__ = ["PerceptualLoss", "load_state_dict_file"]
+__all__ = ["PerceptualLoss", "load_backbone_state", "load_state_dict_file"]

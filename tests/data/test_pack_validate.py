@@ -106,7 +106,7 @@ def test_validate_reports_every_problem_with_shard_and_key(tmp_path):
         ("bad-000000.tar", "stranger", "unknown-task"),
         ("bad-000000.tar", "notask", "missing-task"),
         ("empty-000000.tar", None, "empty-shard"),
-        ("trunc-000000.tar", None, "corrupt-tar"),
+        ("trunc-000000.tar", "b", "truncated"),  # cut inside sample b
         ("garbage-000000.tar", None, "corrupt-tar"),
         ("nope-000000.tar", None, "missing-shard"),
     }

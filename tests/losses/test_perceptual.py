@@ -53,5 +53,64 @@ def test_missing_weights_path_is_a_clear_error(tmp_path):
 
 
 def test_wrong_backbone_weights_error(tmp_path, weights_file):
-    with pytest.raises(ValueError, match="does not match timm backbone 'resnet34'"):
+    with pytest.raises(ValueError, match=r"does not fit timm backbone 'resnet34': missing \['layer1.2.bn1.bias'"):
         PerceptualLoss(str(weights_file), backbone="resnet34")
+
+
+@pytest.fixture(scope="module")
+def vgg16_files(tmp_path_factory):
+    """One random VGG16 trunk saved as a full torchvision model and as a full timm model (their classifiers
+    differ in names and shapes: torchvision ``classifier.*`` linear layers, timm ``pre_logits``/``head``)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg16(weights=None)
+    tm = timm.create_model("vgg16", pretrained=False)
+    tm.features.load_state_dict(tv.features.state_dict())
+    folder = tmp_path_factory.mktemp("vgg16")
+    torch.save(tv.state_dict(), folder / "vgg16-torchvision.pth")
+    save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(folder / "vgg16-timm.safetensors"))
+    return folder, tv
+
+
+@pytest.mark.parametrize("name", ["vgg16-torchvision.pth", "vgg16-timm.safetensors"])
+def test_vgg16_full_model_files_of_timm_and_torchvision_load(vgg16_files, name):
+    folder, tv = vgg16_files
+    loss = PerceptualLoss(str(folder / name), backbone="vgg16")
+    feats = dict(loss.net.named_parameters())
+    for key, value in tv.features.state_dict().items():  # the extractor holds exactly the file's trunk
+        torch.testing.assert_close(feats[f"features.{key}"], value, rtol=0, atol=0)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        levels = loss._features(x)
+        # the first level is relu1_2 of the file's convolutions (no other weights involved)
+        z = ((x + 1) * 0.5 - loss.mean) / loss.std
+        relu1_2 = tv.features[:4](z)
+    assert len(levels) == 6
+    torch.testing.assert_close(levels[0], relu1_2, rtol=1e-5, atol=1e-5)
+
+
+def test_vgg16_files_of_both_layouts_give_the_same_distance(vgg16_files):
+    folder, _ = vgg16_files
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    a = PerceptualLoss(str(folder / "vgg16-torchvision.pth"), backbone="vgg16", out_indices=(0, 2))
+    b = PerceptualLoss(str(folder / "vgg16-timm.safetensors"), backbone="vgg16", out_indices=(0, 2))
+    torch.testing.assert_close(a.distance(x, y), b.distance(x, y))
+
+
+def test_other_architecture_file_names_missing_and_unexpected_keys(tmp_path, weights_file):
+    with pytest.raises(ValueError, match=r"resnet18.pth does not fit timm backbone 'vgg16': missing \['features.0.bias'"):
+        PerceptualLoss(str(weights_file), backbone="vgg16")
+    deeper = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), deeper)
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \['layer1.2.bn1.bias'"):
+        PerceptualLoss(str(deeper), backbone="resnet18")
+
+
+def test_lpips_reads_a_timm_vgg16_file(vgg16_files):
+    from lavinkit.evaluation.metrics import LPIPS
+
+    folder, _ = vgg16_files
+    a, b = LPIPS(folder / "vgg16-torchvision.pth", net="vgg"), LPIPS(folder / "vgg16-timm.safetensors", net="vgg")
+    x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    assert a(x, y) == pytest.approx(b(x, y), rel=1e-6)
