@@ -139,6 +139,9 @@ class ShardWriteError(OSError):
     """A shard could not be written (disk full, file size limit, I/O error); the message names the shard, says
     that the partial shard was removed and that no ``index.json`` was written."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 class PairShardWriter:
     """``webdataset.ShardWriter`` that writes each shard atomically and records what it holds, for ``index.json``.
