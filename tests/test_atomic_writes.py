@@ -217,6 +217,30 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(two_filesystems):
     assert _temporaries(folder) == []
 
 
+def test_model_checkpoint_saves_last_and_top_k_through_the_plugin(tmp_path):
+    """Lightning's ModelCheckpoint (``save_last=True`` + top-k) writes every file through AtomicCheckpointIO."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    saved: list[str] = []
+
+    class Recording(AtomicCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            saved.append(os.path.basename(path))
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=2, monitor="step", mode="max",
+                           every_n_train_steps=1)
+    trainer = Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[ckpt], plugins=[Recording()], accelerator="cpu")
+    trainer.fit(BoringModel())
+    assert saved.count("last.ckpt") == 3 and len(saved) == 6
+    files = sorted(os.listdir(tmp_path / "ckpt"))
+    assert "last.ckpt" in files and len(files) == 3  # last + the top 2; no temporaries
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
 def test_checkpoint_io_is_the_default_of_lavinkit_fit(tmp_path, monkeypatch):
     from lavinkit.cli import build_cli
 
