@@ -7,7 +7,8 @@ fsync'ed (so the rename itself survives a crash or power loss). The temporary li
 in ``TMPDIR``, because a rename is atomic only within one filesystem: a move across filesystems copies into the
 destination after truncating it.
 
-On any exception (``KeyboardInterrupt`` included) the temporary is removed and the destination is untouched. A
+On any exception (``KeyboardInterrupt`` included) the temporary is removed and the destination is untouched; errors
+are re-raised as :class:`AtomicWriteError` naming the destination (``KeyboardInterrupt`` as it is). A
 process killed outright (SIGKILL, OOM killer) cannot clean up: its temporaries are removed by the next write to
 the same destination (only temporaries of that destination name whose writing process is gone; other files are
 never touched).
@@ -67,7 +68,8 @@ def remove_orphans(folder: str | os.PathLike, target: str) -> list[Path]:
     ``fnmatch`` pattern such as ``"images-*.tar"``); returns the removed paths.
 
     Only names of the form ``.<target>.<pid>-<token>.tmp`` whose process ``pid`` no longer runs are removed, so
-    a concurrent writer's temporary and user files are left alone.
+    a concurrent writer's temporary and user files are left alone. The check sees this machine's processes: on a
+    folder shared by several machines one machine writes a given file (Lightning saves from global rank 0).
     """
     folder = Path(folder)
     removed = []

@@ -154,8 +154,9 @@ class PairShardWriter:
 
     Each shard is written to a hidden temporary in ``out_dir`` (:mod:`lavinkit.fileio`) and renamed to its final
     name only once it is complete (end-of-archive written, fsync'ed), so a final-named shard is always whole. Used
-    as a context manager, an exception closes nothing: the shard being written is removed and dropped from
-    :attr:`shards` (finished shards stay); an ``OSError`` is re-raised as :class:`ShardWriteError` naming the shard.
+    as a context manager, an exception in the block (``KeyboardInterrupt`` included) removes the shard being written
+    and drops it from :attr:`shards` (finished shards stay); an ``OSError`` (full disk) is re-raised as
+    :class:`ShardWriteError` naming the shard.
     Opening the first shard removes the ``index.json`` of ``out_dir`` (it described the files being replaced; the
     caller writes a new one with :func:`write_index` after :meth:`close`) and temporaries that killed writers of
     ``<prefix>-*.tar`` left there. The underlying writer is opened on the first sample, so writing nothing leaves
