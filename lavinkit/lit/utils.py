@@ -145,8 +145,26 @@ def save_plain_hyperparameters(module: Any) -> list[str]:
             f"{type(module).__name__}: constructor arguments {lost} cannot be stored as plain hyperparameters "
             "(lambdas, objects that do not keep their arguments); load_from_checkpoint(path, ...) needs them passed"
         )
-    module.save_hyperparameters(described)
+    # "_class_path" is where LightningCLI looks for the module class when `--ckpt_path` merges these hyperparameters
+    # into the parsed config (subclass mode); load_from_checkpoint drops it (not an __init__ argument)
+    module.save_hyperparameters({CLASS_PATH_KEY: _class_path(type(module)), **described})
     return lost
+
+
+CLASS_PATH_KEY = "_class_path"
+
+
+def cli_checkpoint_hparams(hparams: Mapping[str, Any], model_config: Any) -> dict[str, Any]:
+    """Hyperparameters of a checkpoint as LightningCLI's ``--ckpt_path`` merges them into the config (subclass mode):
+    with a ``"_class_path"`` key they are read as that class's arguments; without one (modules that save a plain dict,
+    lavinkit checkpoints without the key) they are read as arguments of the class the config names (``model_config``:
+    the parsed ``model`` entry, a ``class_path`` / ``init_args`` namespace), instead of a ``LightningModule``'s.
+    """
+    hparams = dict(hparams)
+    class_path = getattr(model_config, "class_path", None) if model_config is not None else None
+    if hparams and CLASS_PATH_KEY not in hparams and class_path:
+        hparams[CLASS_PATH_KEY] = class_path
+    return hparams
 
 
 def _resolve_class(path: str, base: type) -> type:
@@ -174,7 +192,9 @@ def build_init_arg(value: Any, base: type, *, factory: bool = False) -> Any:
 
 
 __all__ = [
+    "CLASS_PATH_KEY",
     "build_init_arg",
+    "cli_checkpoint_hparams",
     "save_plain_hyperparameters",
     "check_manual_optimization_strategy",
     "describe_init_args",
