@@ -56,6 +56,60 @@ def step_generator(seed: int, step: int, batch_idx: int, rank: int, device: torc
     return derive_generator(seed, step, batch_idx, rank, device=device)
 
 
+class NonfiniteSteps:
+    """Counts training steps skipped for a non-finite loss (or gradient) and stops the run after too many in a row.
+
+    ``total`` counts every skipped step, ``consecutive`` the current run of them (reset by a finite step). The
+    decision to skip is the same on every rank (the caller all-reduces it), so every rank raises at the same step.
+    Both counts go into checkpoints (:meth:`state_dict`) and continue after a resume.
+
+    Args:
+        owner: name in the error message (the module's class name).
+        max_consecutive: ``max_nonfinite_steps``: that many consecutive skipped steps are tolerated; the next one
+            raises ``FloatingPointError``.
+        what: what was not finite, for the message (``"loss"``, ``"loss or gradient norm"``).
+    """
+
+    def __init__(self, owner: str, max_consecutive: int, what: str = "loss") -> None:
+        if max_consecutive < 0:
+            raise ValueError(f"{owner}: max_nonfinite_steps={max_consecutive} must be >= 0")
+        self.owner, self.max_consecutive, self.what = owner, int(max_consecutive), what
+        self.total = 0
+        self.consecutive = 0
+
+    def finite(self) -> None:
+        """A step that trained: the run of skipped steps ends."""
+        self.consecutive = 0
+
+    def skipped(self, global_step: int, keys: Any = None) -> None:
+        """A step skipped for a non-finite value; raises once more than ``max_consecutive`` are skipped in a row.
+
+        Raises:
+            FloatingPointError: naming the count, the option, the global step and the batch's sample keys.
+        """
+        self.total += 1
+        self.consecutive += 1
+        if self.consecutive > self.max_consecutive:
+            raise FloatingPointError(
+                f"{self.owner}: non-finite {self.what} in {self.consecutive} consecutive steps (max_nonfinite_steps="
+                f"{self.max_consecutive}); last at global step {global_step}, batch keys {keys}; the run stops (lower "
+                "the learning rate, check the inputs of these keys, or raise max_nonfinite_steps)"
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"total": self.total, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = int(state.get("total", self.total))
+        self.consecutive = int(state.get("consecutive", 0))
+
+
+def batch_keys(batch: Any) -> list[str]:
+    """The query sample key of every row of a pair batch (``batch["keys"]``: ``B x N`` keys), for error messages."""
+    keys = batch.get("keys") if isinstance(batch, Mapping) else None
+    return [row[-1] if isinstance(row, (list, tuple)) and row else row for row in (keys or [])]
+
+
 def is_plain(value: Any) -> bool:
     """True for values that ``torch.load(weights_only=True)`` reads back (hyperparameters in checkpoints)."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -193,6 +247,8 @@ def build_init_arg(value: Any, base: type, *, factory: bool = False) -> Any:
 
 __all__ = [
     "CLASS_PATH_KEY",
+    "NonfiniteSteps",
+    "batch_keys",
     "build_init_arg",
     "cli_checkpoint_hparams",
     "save_plain_hyperparameters",

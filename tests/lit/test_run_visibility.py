@@ -1,0 +1,134 @@
+"""Failures that must stop a run or be seen: consecutive non-finite steps stop both modules with a clear error;
+bad samples are counted, shown (``data/skipped``) and summarised by default, and their counts survive a resume."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lavinkit.lit import JDiTModule, STVAEModule
+from lavinkit.losses import KLLoss, ReconstructionLoss
+from lavinkit.models.stvae import STVAE, STVAEConfig
+
+
+def _images(root: Path, split: str = "train") -> str:
+    return str(root / split / "images-*.tar")
+
+
+def _data(train_urls, val_urls, **kwargs):
+    from lavinkit.data import ImagePairDataModule
+
+    args = dict(batch_size=1, num_context=0, steps_per_epoch=10, val_batches=1, shuffle_buffer=8, seed=0)
+    args.update(kwargs)
+    return ImagePairDataModule(train_urls=train_urls, val_urls=val_urls, **args)
+
+
+def _trainer(root: Path, max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
+    args = dict(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=str(root), logger=False,
+                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                num_sanity_val_steps=0, limit_val_batches=0)
+    args.update(kwargs)
+    return pl.Trainer(callbacks=list(callbacks), **args)
+
+
+class _Batches(pl.Callback):
+    """Counts the training batches started and the global step at each."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.steps.append(trainer.global_step)
+
+
+def _stvae(**kwargs) -> STVAEModule:
+    torch.manual_seed(0)
+    return STVAEModule("tiny", ReconstructionLoss(l1_weight=1.0), KLLoss(1e-6),
+                       optimizer=partial(torch.optim.AdamW, lr=1e-3), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
+    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(path)
+    return path
+
+
+def _jdit(vae: Path, **kwargs) -> JDiTModule:
+    torch.manual_seed(0)
+    return JDiTModule(dit="tiny", vae=str(vae), optimizer=partial(torch.optim.AdamW, lr=1e-3),
+                      val_samples_per_task=0, **kwargs)
+
+
+def _poison(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(float("nan"))
+
+
+# ------------------------------------------------------------------ non-finite steps
+
+
+def test_stvae_stops_after_max_consecutive_nonfinite_steps(demo_data, tmp_path):
+    module = _stvae(max_nonfinite_steps=3)
+    _poison(module.vae)  # every loss is NaN, and a skipped step never repairs the weights
+    seen = _Batches()
+    with pytest.raises(FloatingPointError) as err:
+        _trainer(tmp_path, 50, [seen]).fit(module, _data(_images(demo_data), None))
+    message = str(err.value)
+    assert "STVAEModule: non-finite loss or gradient norm in 4 consecutive steps (max_nonfinite_steps=3)" in message
+    assert "global step 0" in message and "batch keys ['" in message
+    assert seen.steps == [0, 0, 0, 0]  # 3 tolerated, the 4th stops the run; no update in between
+    assert int(module.skipped_nonfinite) == 4
+
+
+def test_jdit_stops_after_max_consecutive_nonfinite_steps(demo_data, tiny_vae, tmp_path):
+    module = _jdit(tiny_vae, max_nonfinite_steps=2)
+    module.configure_model()
+    _poison(module.dit)
+    seen = _Batches()
+    with pytest.raises(FloatingPointError) as err:
+        _trainer(tmp_path, 50, [seen]).fit(module, _data(_images(demo_data), None, num_context=1))
+    assert "JDiTModule: non-finite loss in 3 consecutive steps (max_nonfinite_steps=2)" in str(err.value)
+    # automatic optimisation counts a global step for a batch whose training_step returns None (no update)
+    assert len(seen.steps) == 3 and module.nonfinite_steps == 3
+
+
+def test_a_finite_step_resets_the_consecutive_count(demo_data, tiny_vae, tmp_path):
+    module = _jdit(tiny_vae, max_nonfinite_steps=1)
+    original, calls = module.flow_loss, []
+
+    def every_other_nan(batch, *, dropout):
+        terms = original(batch, dropout=dropout)
+        calls.append(1)
+        if len(calls) % 2:  # batches 1, 3, 5, ...: one non-finite step at a time
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    module.flow_loss = every_other_nan
+    trainer = _trainer(tmp_path, 4, [])
+    trainer.fit(module, _data(_images(demo_data), None, num_context=1))
+    assert len(calls) == 4 and module.nonfinite_steps == 2 and module.nonfinite.consecutive == 0
+
+
+def test_nonfinite_counts_survive_a_resume(demo_data, tmp_path):
+    module = _stvae(max_nonfinite_steps=5)
+    _poison(module.vae)
+    trainer = _trainer(tmp_path, 50, [])
+    with pytest.raises(FloatingPointError):
+        trainer.fit(module, _data(_images(demo_data), None))
+    path = tmp_path / "nan.ckpt"
+    trainer.save_checkpoint(path)
+    block = torch.load(path, weights_only=True)["lavinkit"]
+    assert block["nonfinite"] == {"total": 6, "consecutive": 6}
+    resumed = _stvae(max_nonfinite_steps=6)
+    with pytest.raises(FloatingPointError, match="in 7 consecutive steps"):  # one more, then the limit
+        _trainer(tmp_path, 50, []).fit(resumed, _data(_images(demo_data), None), ckpt_path=str(path))
+    assert int(resumed.skipped_nonfinite) == 7
