@@ -3,12 +3,14 @@ bad samples are counted, shown (``data/skipped``) and summarised by default, and
 
 from __future__ import annotations
 
-import io
-import tarfile
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +134,99 @@ def test_nonfinite_counts_survive_a_resume(demo_data, tmp_path):
     with pytest.raises(FloatingPointError, match="in 7 consecutive steps"):  # one more, then the limit
         _trainer(tmp_path, 50, []).fit(resumed, _data(_images(demo_data), None), ckpt_path=str(path))
     assert int(resumed.skipped_nonfinite) == 7
+
+
+# ------------------------------------------------------------------ skipped samples
+
+
+def _shard_with_bad_third(tmp_path: Path) -> str:
+    """One image shard of 12 pairs (16x16) in which every third sample's input does not decode."""
+    import webdataset as wds
+
+    from lavinkit.data import make_sample
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "pairs-000000.tar"
+    with wds.TarWriter(str(path)) as writer:
+        for i in range(12):
+            x = rng.integers(0, 256, (2, 1, 16, 16, 3), dtype=np.uint8)
+            sample = make_sample(f"t-{i:03d}", "t", x[0], x[1])
+            if i % 3 == 2:
+                sample["input.png"] = b"\x89PNG not really"
+            writer.write(sample)
+    return str(path)
+
+
+def test_skips_are_shown_and_summarised_without_configuration(tmp_path):
+    from lavinkit.data import SkippedSamplesLogger
+    from lavinkit.data.datamodule import skip_summary
+
+    shard = _shard_with_bad_third(tmp_path)
+    dm = _data(shard, None, max_skipped=None)
+    trainer = _trainer(tmp_path, 6, [], logger=pl.loggers.CSVLogger(str(tmp_path), name="csv", version=""),
+                       log_every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"data: skipped \d+ of \d+ samples") as caught:
+        trainer.fit(_stvae(), dm)
+    assert sum(isinstance(cb, SkippedSamplesLogger) for cb in trainer.callbacks) == 1  # added by the DataModule
+    assert dm.skipped >= 2 and set(dm.skipped_by_shard) == {shard}
+    assert dm.samples_read >= 6 and dm.skipped * 3 <= dm.samples_read + dm.skipped + 3  # about a third
+    summary = [str(w.message) for w in caught if "data: skipped" in str(w.message)]
+    assert summary == [skip_summary(dm.skipped, dm.samples_read, dm.skipped_by_shard)]
+    assert f"most in shard {shard} ({dm.skipped})" in summary[0]
+    shown = float(trainer.progress_bar_metrics["data/skipped"])
+    assert 1 <= shown <= dm.skipped  # the last batch's count (the loader may have read one batch further)
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("data/skipped")
+    logged = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert logged == sorted(logged) and logged[-1] == shown
+
+
+def test_no_summary_when_nothing_is_skipped(demo_data, tmp_path, recwarn):
+    trainer = _trainer(tmp_path, 2, [])
+    dm = _data(_images(demo_data), None)
+    trainer.fit(_stvae(), dm)
+    assert dm.skipped == 0 and dm.samples_read >= 2
+    assert not [w for w in recwarn if "data: skipped" in str(w.message)]
+    assert float(trainer.progress_bar_metrics["data/skipped"]) == 0.0
+
+
+def test_skip_counts_survive_a_resume(tmp_path):
+    shard = _shard_with_bad_third(tmp_path)
+    first_dm = _data(shard, None, max_skipped=None, steps_per_epoch=6)
+    trainer = _trainer(tmp_path, 6, [])
+    trainer.fit(_stvae(), first_dm)
+    path = tmp_path / "step6.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["ImagePairDataModule"]
+    assert saved["skipped"] == first_dm.skipped >= 1 and saved["skipped_by_shard"] == {shard: first_dm.skipped}
+    assert saved["samples_read"] == first_dm.samples_read and saved["last_skipped"][0] == shard
+
+    resumed_dm = _data(shard, None, max_skipped=None, steps_per_epoch=6)
+    resumed = _trainer(tmp_path, 12, [])
+    resumed.fit(_stvae(), resumed_dm, ckpt_path=str(path))
+    assert resumed.global_step == 12
+    assert resumed_dm.skipped > saved["skipped"]  # continued from the saved count, not from zero
+    assert resumed_dm.skipped_by_shard == {shard: resumed_dm.skipped}
+    assert resumed_dm.samples_read > saved["samples_read"]
+
+
+@pytest.mark.slow
+def test_fork_server_workers_without_main_guard_say_what_to_do(demo_data, tmp_path):
+    """Workers that decode video start from a fork server once PyAV is loaded; a script without the __main__ guard
+    fails, and the error says to add the guard (about 10 s: the fork server starts torch)."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import av  # noqa: F401\n"
+        "from lavinkit.data import VideoPairDataModule\n"
+        f"dm = VideoPairDataModule({str(demo_data / 'train' / 'videos-*.tar')!r}, batch_size=1, num_context=1, "
+        "steps_per_epoch=1, num_workers=1)\n"
+        "for batch in dm.train_dataloader():\n"
+        "    print(tuple(batch['input'].shape))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "exited unexpectedly" in last and "'forkserver'" in last and str(script) in last
+    assert 'if __name__ == "__main__":' in last
