@@ -38,7 +38,15 @@ from torch import Tensor
 
 from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
-from lavinkit.lit.utils import NonfiniteSteps, batch_keys, build_init_arg, save_plain_hyperparameters
+from lavinkit.lit.utils import (
+    VALIDATION_PENDING_KEY,
+    NonfiniteSteps,
+    batch_keys,
+    build_init_arg,
+    run_pending_validation,
+    save_plain_hyperparameters,
+    validation_pending,
+)
 from lavinkit.models.jdit import JDiT, JDiTConfig
 from lavinkit.seeding import derive_generator
 
@@ -167,6 +175,7 @@ class JDiTModule(LightningModule):
         self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.nonfinite = NonfiniteSteps(type(self).__name__, self.max_nonfinite_steps)
+        self._validate_on_resume = False
         self.val_samples_per_task = int(val_samples_per_task)
         self.test_samples_per_task = test_samples_per_task
         self.sample_seed = int(sample_seed)
@@ -518,10 +527,19 @@ class JDiTModule(LightningModule):
         block = checkpoint.setdefault("lavinkit", {})
         block.update(kind="jdit", config=self.dit_config.to_dict(), prefix="dit.", vae=self.vae_path,
                      nonfinite=self.nonfinite.state_dict())
+        block[VALIDATION_PENDING_KEY] = validation_pending(self._trainer)
         block.setdefault("ema_state_dict", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.nonfinite.load_state_dict((checkpoint.get("lavinkit") or {}).get("nonfinite") or {})
+        block = checkpoint.get("lavinkit") or {}
+        self.nonfinite.load_state_dict(block.get("nonfinite") or {})
+        self._validate_on_resume = bool(block.get(VALIDATION_PENDING_KEY))
+
+    def on_train_start(self) -> None:
+        # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)
+        if self._validate_on_resume:
+            self._validate_on_resume = False
+            run_pending_validation(self.trainer)
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:

@@ -42,12 +42,15 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from lavinkit.lit.utils import (
+    VALIDATION_PENDING_KEY,
     NonfiniteSteps,
     batch_keys,
     build_init_arg,
     check_manual_optimization_strategy,
+    run_pending_validation,
     save_plain_hyperparameters,
     step_generator,
+    validation_pending,
 )
 from lavinkit.losses import AdversarialLoss, KLLoss, PerceptualLoss, ReconstructionLoss, total
 from lavinkit.models.io import LAVINKIT_KEY
@@ -176,6 +179,7 @@ class STVAEModule(pl.LightningModule):
         self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.nonfinite = NonfiniteSteps(type(self).__name__, self.max_nonfinite_steps, what="loss or gradient norm")
+        self._validate_on_resume = False
 
     @property
     def _val_metrics(self) -> dict[str, Any]:
@@ -421,7 +425,8 @@ class STVAEModule(pl.LightningModule):
         fills ``ema_state_dict``)."""
         block = checkpoint.setdefault(LAVINKIT_KEY, {})
         block.update({"kind": KIND, "config": self.vae.config.to_dict(), "prefix": PREFIX,
-                      "nonfinite": self.nonfinite.state_dict()})
+                      "nonfinite": self.nonfinite.state_dict(),
+                      VALIDATION_PENDING_KEY: validation_pending(self._trainer)})
         block.setdefault("ema_state_dict", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -432,10 +437,17 @@ class STVAEModule(pl.LightningModule):
             )
         if block is not None:
             self.nonfinite.load_state_dict(block.get("nonfinite") or {})
+            self._validate_on_resume = bool(block.get(VALIDATION_PENDING_KEY))
         if block is not None and self.measure_latent_stats:
             saved = block.get("config", {})
             if "latent_shift" in saved and "latent_scale" in saved:
                 self.set_latent_normalization(saved["latent_shift"], saved["latent_scale"])
+
+    def on_train_start(self) -> None:
+        # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)
+        if self._validate_on_resume:
+            self._validate_on_resume = False
+            run_pending_validation(self.trainer)
 
 
 __all__ = ["STVAEModule"]

@@ -110,6 +110,40 @@ def batch_keys(batch: Any) -> list[str]:
     return [row[-1] if isinstance(row, (list, tuple)) and row else row for row in (keys or [])]
 
 
+VALIDATION_PENDING_KEY = "validation_pending"
+
+
+def validation_pending(trainer: pl.Trainer | None) -> bool:
+    """True while ``trainer`` is between training a batch after which validation is due and running that validation:
+    in ``on_train_batch_end``, where ``ModelCheckpoint(every_n_train_steps=...)`` saves (on an epoch's last batch
+    when the step count is a multiple of the epoch length). A checkpoint written then records it, and
+    :func:`run_pending_validation` runs that validation when ``fit`` resumes from it."""
+    if trainer is None or not trainer.training or trainer.sanity_checking:
+        return False
+    loop = trainer.fit_loop.epoch_loop
+    current = loop.batch_progress.current
+    if not (current.processed == current.ready and current.completed == current.processed - 1):
+        return False  # not inside a batch's end hooks
+    # the decision the loop takes right after the end hooks of this batch
+    return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
+
+def run_pending_validation(trainer: pl.Trainer) -> bool:
+    """Run the validation a resumed ``fit`` would skip: Lightning restores a checkpoint written in
+    ``on_train_batch_end`` (:func:`validation_pending`) as if that batch's validation had run, so resuming from an
+    epoch-end step checkpoint loses that epoch's validation (metrics, best-model checkpoints, early stopping).
+    Call from ``on_train_start`` of the resumed run; it validates exactly as the training loop does. Returns
+    whether validation ran (only when the loop restarted at that point of a batch)."""
+    loop = trainer.fit_loop.epoch_loop
+    if not loop.restarted_on_train_batch_end or not trainer.enable_validation:
+        return False
+    trainer.validating = True
+    loop.val_loop.restarting = False  # a fresh validation run, not the continuation of the restored one
+    loop.val_loop.run()
+    trainer.training = True
+    return True
+
+
 def is_plain(value: Any) -> bool:
     """True for values that ``torch.load(weights_only=True)`` reads back (hyperparameters in checkpoints)."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -248,6 +282,7 @@ def build_init_arg(value: Any, base: type, *, factory: bool = False) -> Any:
 __all__ = [
     "CLASS_PATH_KEY",
     "NonfiniteSteps",
+    "VALIDATION_PENDING_KEY",
     "batch_keys",
     "build_init_arg",
     "cli_checkpoint_hparams",
@@ -255,5 +290,7 @@ __all__ = [
     "check_manual_optimization_strategy",
     "describe_init_args",
     "is_plain",
+    "run_pending_validation",
     "step_generator",
+    "validation_pending",
 ]
