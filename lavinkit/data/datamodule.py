@@ -137,9 +137,9 @@ class StreamLoader(DataLoader):
 
 
 def _explain_worker_failure(err: RuntimeError, context: Any) -> RuntimeError:
-    """``err`` with a first line that says what to do when DataLoader workers that start from a fork server (video
-    decoding with PyAV loaded) fail because they re-import a main script without the ``__main__`` guard: the worker
-    raises multiprocessing's bootstrapping error, the main process sees the worker exit. Other errors: ``err``."""
+    """``err``'s message followed by what to do, for DataLoader workers that start from a fork server (video decoding
+    with PyAV loaded) and fail because they re-import a main script without the ``__main__`` guard: the worker raises
+    multiprocessing's bootstrapping error, the main process sees the worker exit. Other errors: ``err`` itself."""
     import sys
 
     method = context.get_start_method() if hasattr(context, "get_start_method") else context

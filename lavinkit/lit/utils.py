@@ -124,8 +124,12 @@ def validation_pending(trainer: pl.Trainer | None) -> bool:
     current = loop.batch_progress.current
     if not (current.processed == current.ready and current.completed == current.processed - 1):
         return False  # not inside a batch's end hooks
-    # the decision the loop takes right after the end hooks of this batch
-    return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    try:
+        # the decision the loop takes right after the end hooks of this batch (Lightning 2.x loop internals; if
+        # they change, the checkpoint is still written, and a resume from it behaves as Lightning's own)
+        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    except AttributeError:
+        return False
 
 
 def run_pending_validation(trainer: pl.Trainer) -> bool:
