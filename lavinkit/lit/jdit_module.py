@@ -43,6 +43,7 @@ from lavinkit.lit.utils import (
     NonfiniteSteps,
     batch_keys,
     build_init_arg,
+    checkpoint_validation_pending,
     run_pending_validation,
     save_plain_hyperparameters,
     validation_pending,
@@ -533,7 +534,7 @@ class JDiTModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         block = checkpoint.get("lavinkit") or {}
         self.nonfinite.load_state_dict(block.get("nonfinite") or {})
-        self._validate_on_resume = bool(block.get(VALIDATION_PENDING_KEY))
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
 
     def on_train_start(self) -> None:
         # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)

@@ -47,6 +47,7 @@ from lavinkit.lit.utils import (
     batch_keys,
     build_init_arg,
     check_manual_optimization_strategy,
+    checkpoint_validation_pending,
     run_pending_validation,
     save_plain_hyperparameters,
     step_generator,
@@ -437,7 +438,7 @@ class STVAEModule(pl.LightningModule):
             )
         if block is not None:
             self.nonfinite.load_state_dict(block.get("nonfinite") or {})
-            self._validate_on_resume = bool(block.get(VALIDATION_PENDING_KEY))
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
         if block is not None and self.measure_latent_stats:
             saved = block.get("config", {})
             if "latent_shift" in saved and "latent_scale" in saved:

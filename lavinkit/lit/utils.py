@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lavinkit.models.io import LAVINKIT_KEY
 from lavinkit.seeding import derive_generator
 
 
@@ -130,6 +131,27 @@ def validation_pending(trainer: pl.Trainer | None) -> bool:
         return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
     except AttributeError:
         return False
+
+
+def checkpoint_validation_pending(checkpoint: Mapping[str, Any], trainer: pl.Trainer | None) -> bool:
+    """Whether ``checkpoint`` was written before a due validation ran (see :func:`validation_pending`).
+
+    Checkpoints record it in ``checkpoint["lavinkit"]["validation_pending"]``; for checkpoints without that entry it
+    is read from Lightning's loop state: written in the end hooks of an epoch's last batch, before any validation of
+    that epoch, in an epoch that validates under ``trainer``'s ``check_val_every_n_epoch``.
+    """
+    recorded = (checkpoint.get(LAVINKIT_KEY) or {}).get(VALIDATION_PENDING_KEY)
+    if recorded is not None:
+        return bool(recorded)
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    batches, val = loop.get("epoch_loop.batch_progress"), loop.get("epoch_loop.val_loop.batch_progress")
+    every = getattr(trainer, "check_val_every_n_epoch", None)
+    if not batches or not val or every is None or not getattr(trainer, "enable_validation", False):
+        return False
+    current = batches["current"]
+    in_end_hooks = current["processed"] == current["ready"] and current["completed"] == current["processed"] - 1
+    return bool(in_end_hooks and batches.get("is_last_batch") and val["total"]["completed"] == 0
+                and (int(checkpoint.get("epoch", 0)) + 1) % every == 0)
 
 
 def run_pending_validation(trainer: pl.Trainer) -> bool:
@@ -289,6 +311,7 @@ __all__ = [
     "VALIDATION_PENDING_KEY",
     "batch_keys",
     "build_init_arg",
+    "checkpoint_validation_pending",
     "cli_checkpoint_hparams",
     "save_plain_hyperparameters",
     "check_manual_optimization_strategy",

@@ -126,3 +126,28 @@ def test_hyperparameters_without_class_path_read_as_the_configured_class():
     assert cli_checkpoint_hparams(named, configured) == named  # the checkpoint's own class wins
     assert cli_checkpoint_hparams({}, configured) == {}  # nothing to merge
     assert cli_checkpoint_hparams({"seed": 1}, None) == {"seed": 1}
+
+
+def test_checkpoints_without_the_flag_read_it_from_the_loop_state(stvae_run, demo_data, tmp_path):
+    from types import SimpleNamespace
+
+    from lavinkit.lit.utils import checkpoint_validation_pending
+
+    ckpts = stvae_run / "first" / "ckpt"
+    trainer = SimpleNamespace(check_val_every_n_epoch=1, enable_validation=True)
+    for name, pending in (("epoch=0-step=1", False), ("epoch=0-step=2", True), ("epoch=1-step=3", False)):
+        checkpoint = torch.load(ckpts / f"{name}.ckpt", weights_only=True)
+        assert checkpoint_validation_pending(checkpoint, trainer) is pending, name
+        del checkpoint["lavinkit"]["validation_pending"]
+        assert checkpoint_validation_pending(checkpoint, trainer) is pending, name
+        assert checkpoint_validation_pending(checkpoint, SimpleNamespace(check_val_every_n_epoch=1,
+                                                                         enable_validation=False)) is False
+    checkpoint = torch.load(ckpts / "epoch=0-step=2.ckpt", weights_only=True)
+    del checkpoint["lavinkit"]["validation_pending"]
+    assert checkpoint_validation_pending(checkpoint, SimpleNamespace(check_val_every_n_epoch=2,
+                                                                     enable_validation=True)) is False
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    resumed = _recipe(tmp_path, "stvae/tiny_stage1.yaml", "resumed_old", demo_data)
+    assert main(["fit", "--config", str(resumed), "--ckpt_path", str(old)]) == 0
+    assert _val_rows(tmp_path / "resumed_old", "val/psnr").keys() == _val_rows(stvae_run / "first", "val/psnr").keys()
