@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lavinkit.lit import JDiTModule, STVAEModule
+from lavinkit.lit.callbacks import EMA
 from lavinkit.losses import KLLoss, ReconstructionLoss
 from lavinkit.models.stvae import STVAE, STVAEConfig
 
@@ -115,9 +116,11 @@ def test_a_finite_step_resets_the_consecutive_count(demo_data, tiny_vae, tmp_pat
         return terms
 
     module.flow_loss = every_other_nan
-    trainer = _trainer(tmp_path, 4, [])
+    ema = EMA(decay=0.5)
+    trainer = _trainer(tmp_path, 4, [ema])
     trainer.fit(module, _data(_images(demo_data), None, num_context=1))
     assert len(calls) == 4 and module.nonfinite_steps == 2 and module.nonfinite.consecutive == 0
+    assert ema.n_averaged == 2  # the skipped steps did not update the average
 
 
 def test_nonfinite_counts_survive_a_resume(demo_data, tmp_path):
