@@ -22,11 +22,15 @@ Policies (all ranks and workers follow them without talking to each other):
   exactly the batches an uninterrupted run would have produced. Exact for the same seed, world size,
   ``num_workers`` and ``steps_per_epoch``; a corrupt sample inside the skipped part shifts the stream
   by the examples it would have dropped (grouping does not decode pixels).
-* Bad samples are skipped and counted (``skipped``, ``skipped_by_shard``, :class:`SkippedSamplesLogger`
-  logs ``data/skipped``); beyond ``max_skipped`` the run stops naming the last bad shard and key.
+* Bad samples are skipped and counted (``skipped``, ``skipped_by_shard``, of ``samples_read``; saved in
+  checkpoints, so the counts continue after a resume); beyond ``max_skipped`` the run stops naming the last bad
+  shard and key. ``fit`` shows the count without configuration: unless the trainer has one, :meth:`setup` adds a
+  :class:`SkippedSamplesLogger` (``data/skipped`` in the progress bar and the loggers, and a warning summarising
+  the skips at the end of training).
 * Training loaders never use persistent workers: the epoch and the resume position reach the workers
-  when the epoch's iterator is created. Once PyAV is loaded in the main process, workers start from a
-  fork server (see :func:`lavinkit.data.pipeline.worker_start_method`).
+  when the epoch's iterator is created. Once PyAV is loaded in the main process, workers that decode video start
+  from a fork server (see :func:`lavinkit.data.pipeline.worker_start_method`): a script that iterates such a
+  loader needs the ``if __name__ == "__main__":`` guard, and without it the error says so.
 """
 
 from __future__ import annotations
@@ -107,19 +111,48 @@ class StreamLoader(DataLoader):
             self.multiprocessing_context = method
         if self._position is not None:
             self.dataset.epoch, self.dataset.skip = self._position.begin(self._owner._trainer_epoch())
-        return self._deliver(super().__iter__())
+        try:
+            iterator = super().__iter__()
+        except RuntimeError as err:
+            raise _explain_worker_failure(err, self.multiprocessing_context) from err
+        return self._deliver(iterator)
 
     def _deliver(self, iterator):
         owner = self._owner
-        for batch in iterator:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                raise _explain_worker_failure(err, self.multiprocessing_context) from err
             report = batch.pop(SKIP_FIELD, None)
             if report:
                 owner._record_skips(report)
             if ERROR_FIELD in batch:
                 raise DataStreamError(batch[ERROR_FIELD])
+            owner.samples_read += sum(len(row) for row in batch.get("keys") or ())
             if self._position is not None:
                 self._position.consumed += 1
             yield batch
+
+
+def _explain_worker_failure(err: RuntimeError, context: Any) -> RuntimeError:
+    """``err``'s message followed by what to do, for DataLoader workers that start from a fork server (video decoding
+    with PyAV loaded) and fail because they re-import a main script without the ``__main__`` guard: the worker raises
+    multiprocessing's bootstrapping error, the main process sees the worker exit. Other errors: ``err`` itself."""
+    import sys
+
+    method = context.get_start_method() if hasattr(context, "get_start_method") else context
+    text = " ".join(str(err).split())
+    if method not in ("forkserver", "spawn") or not ("bootstrapping phase" in text or "exited unexpectedly" in text):
+        return err
+    script = getattr(sys.modules.get("__main__"), "__file__", None) or "the main script"
+    return RuntimeError(
+        f"{text} -- DataLoader workers start with {method!r} (video decoding with PyAV loaded) and re-import "
+        f"{script}; if it has no `if __name__ == \"__main__\":` guard, each worker starts the run again and fails "
+        "with multiprocessing's bootstrapping error: put the script's code under that guard (or set num_workers=0)"
+    )
 
 
 class PairDataModule(pl.LightningDataModule, ABC):
@@ -186,6 +219,7 @@ class PairDataModule(pl.LightningDataModule, ABC):
         self.skipped = 0
         self.skipped_by_shard: dict[str, int] = {}
         self.last_skipped: tuple[str, str, str] | None = None
+        self.samples_read = 0  # pairs delivered in batches (a skipped sample is not among them)
         self._position = _Position()
         self._train_sources: list[Source] | None = None
         self._eval_sources: dict[str, list[Source]] = {}
@@ -225,6 +259,10 @@ class PairDataModule(pl.LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         self._rank, self._world = self._resolve_rank()
+        trainer = getattr(self, "trainer", None)
+        if stage in (None, "fit") and trainer is not None:
+            if not any(isinstance(cb, SkippedSamplesLogger) for cb in trainer.callbacks):
+                trainer.callbacks.append(SkippedSamplesLogger())
         if stage in (None, "fit") and self._train_sources is None:
             self._train_sources = self._sources("train")
             for src in self._train_sources:
@@ -361,7 +399,8 @@ class PairDataModule(pl.LightningDataModule, ABC):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"seed", "epoch", "consumed", "world_size", "num_workers", "steps_per_epoch", "skipped"}``.
+        """``{"seed", "epoch", "consumed", "world_size", "num_workers", "steps_per_epoch", "skipped",
+        "skipped_by_shard", "last_skipped", "samples_read"}``.
 
         ``consumed`` counts the training batches of ``epoch`` the training loop has taken on this rank (counted in
         :meth:`on_after_batch_transfer`, so batches prefetched by the loader are not counted).
@@ -388,10 +427,13 @@ class PairDataModule(pl.LightningDataModule, ABC):
             "num_workers": self.num_workers,
             "steps_per_epoch": self.steps_per_epoch,
             "skipped": self.skipped,
+            "skipped_by_shard": dict(self.skipped_by_shard),
+            "last_skipped": list(self.last_skipped) if self.last_skipped else None,
+            "samples_read": self.samples_read,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue the training stream at ``(epoch, consumed)`` on the next epoch iterator."""
+        """Continue the training stream at ``(epoch, consumed)`` on the next epoch iterator, and the skip counts."""
         changed = {
             name: (state_dict.get(name), now)
             for name, now in (
@@ -416,6 +458,10 @@ class PairDataModule(pl.LightningDataModule, ABC):
         self._position.resume = (int(state_dict["epoch"]), int(state_dict["consumed"]))
         self._position.next_epoch = int(state_dict["epoch"])
         self.skipped = int(state_dict.get("skipped", 0))
+        self.skipped_by_shard = {str(k): int(v) for k, v in (state_dict.get("skipped_by_shard") or {}).items()}
+        last = state_dict.get("last_skipped")
+        self.last_skipped = tuple(last) if last else None
+        self.samples_read = int(state_dict.get("samples_read", 0))
 
 
 _PairDataModule = PairDataModule  # the name before the options were documented on the base class
@@ -634,16 +680,63 @@ def _check_frames(frames: int | None) -> int | None:
 
 
 class SkippedSamplesLogger(pl.Callback):
-    """Logs the DataModule's bad-sample count as ``data/skipped`` (summed over ranks) every
-    ``every_n_steps`` training steps."""
+    """Shows the DataModule's bad-sample count during ``fit`` and summarises it at the end.
 
-    def __init__(self, every_n_steps: int = 50):
+    Logs ``data/skipped`` (summed over ranks) to the progress bar and the loggers every ``every_n_steps`` training
+    steps, and at the end of training warns ``skipped K of N samples (P %); most in shard X (k)`` when any sample
+    was skipped. Works with any DataModule that counts ``skipped`` (``skipped_by_shard``, ``samples_read``: lavinkit's
+    pair DataModules, which add this callback themselves unless the trainer has one).
+    """
+
+    def __init__(self, every_n_steps: int = 1):
+        if every_n_steps < 1:
+            raise ValueError(f"SkippedSamplesLogger: every_n_steps={every_n_steps} must be >= 1")
         self.every_n_steps = every_n_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "skipped") or trainer.global_step % self.every_n_steps:
             return
-        pl_module.log(
-            "data/skipped", float(dm.skipped), reduce_fx="sum", sync_dist=True, on_step=True, on_epoch=False
-        )
+        pl_module.log("data/skipped", float(dm.skipped), reduce_fx="sum", sync_dist=True, prog_bar=True,
+                      on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "skipped"):
+            return
+        parts = [(int(dm.skipped), int(getattr(dm, "samples_read", 0)), dict(getattr(dm, "skipped_by_shard", {})))]
+        import torch.distributed as dist
+
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (int(dm.skipped), int(getattr(dm, "samples_read", 0)),
+                                           dict(getattr(dm, "skipped_by_shard", {}))))
+        if trainer.is_global_zero:
+            message = skip_summary(*_merge_counts(parts))
+            if message:
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn(message)
+
+
+def _merge_counts(parts) -> tuple[int, int, dict[str, int]]:
+    skipped, read, by_shard = 0, 0, {}
+    for k, n, shards in parts:
+        skipped, read = skipped + k, read + n
+        for url, c in shards.items():
+            by_shard[url] = by_shard.get(url, 0) + c
+    return skipped, read, by_shard
+
+
+def skip_summary(skipped: int, samples_read: int, skipped_by_shard: dict[str, int]) -> str | None:
+    """``"data: skipped K of N samples (P %); most in shard X (k)"``, or ``None`` when nothing was skipped.
+
+    ``N`` counts every sample read: the ``samples_read`` that reached batches plus the ``skipped`` ones."""
+    if skipped <= 0:
+        return None
+    total = samples_read + skipped
+    message = f"data: skipped {skipped} of {total} samples ({100.0 * skipped / total:.1f} %)"
+    if skipped_by_shard:
+        url, count = max(skipped_by_shard.items(), key=lambda item: (item[1], item[0]))
+        message += f"; most in shard {url} ({count})"
+    return message + " (bad samples: lavinkit data validate names them)"

@@ -25,7 +25,8 @@ the shards are gathered (a collective on every rank) into full CPU tensors: the 
 resharded to the current layout) and, prefix-free, in ``checkpoint["lavinkit"]["ema_state_dict"]`` (where
 ``lavinkit.models.io.load_pretrained`` and ``lavinkit export`` find them; same tensors, stored once by
 ``torch.save``). It works with manual optimisation: it updates after every batch in which
-``trainer.global_step`` advanced, so skipped (non-finite) steps do not update it.
+``trainer.global_step`` advanced and, under automatic optimisation, ``training_step`` returned a loss, so skipped
+(non-finite) steps do not update it.
 """
 
 from __future__ import annotations
@@ -367,6 +368,10 @@ class EMA(Callback):
         if step <= self._last_step or self.shadow is None:
             return  # no optimisation step in this batch (skipped, or accumulating)
         self._last_step = step
+        if pl_module.automatic_optimization and not outputs:
+            # automatic optimisation counts a step for a batch whose training_step returned None (a skipped
+            # non-finite step; its outputs are empty): the weights did not change, so the average does not move
+            return
         step_idx = step - 1
         if step_idx >= self.start_step and (step_idx - self.start_step) % self.update_every_n_steps == 0:
             self.update()

@@ -38,7 +38,16 @@ from torch import Tensor
 
 from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
-from lavinkit.lit.utils import build_init_arg, save_plain_hyperparameters
+from lavinkit.lit.utils import (
+    VALIDATION_PENDING_KEY,
+    NonfiniteSteps,
+    batch_keys,
+    build_init_arg,
+    checkpoint_validation_pending,
+    run_pending_validation,
+    save_plain_hyperparameters,
+    validation_pending,
+)
 from lavinkit.models.jdit import JDiT, JDiTConfig
 from lavinkit.seeding import derive_generator
 
@@ -85,7 +94,9 @@ class JDiTModule(LightningModule):
         activation_checkpointing: recompute blocks in backward: ``true`` every block, an int n every n-th block;
             ``None`` leaves it to ``dit_overrides.activation_checkpointing`` (see :mod:`lavinkit.lit.parallel`).
         max_nonfinite_steps: a step whose loss is NaN/Inf on any rank is skipped on every rank together (no
-            update, no EMA update); the run stops after this many such steps.
+            update, no EMA update); this many consecutive skipped steps are tolerated, the next one stops the run
+            with ``FloatingPointError`` naming the step and the batch's keys (counts: ``train/nonfinite_steps``,
+            saved in checkpoints).
         sampler: validation/test ODE sampler (default: Euler on the official 20-point grid).
         guidance: classifier-free guidance of validation/test sampling (default: scale 1.5, batched).
         val_samples_per_task: sampled examples per task in each validation epoch (0 disables sampling; the
@@ -164,7 +175,8 @@ class JDiTModule(LightningModule):
         self.sampler = sampler if sampler is not None else EulerSampler(num_steps=20, grid="official")
         self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
-        self.nonfinite_steps = 0
+        self.nonfinite = NonfiniteSteps(type(self).__name__, self.max_nonfinite_steps)
+        self._validate_on_resume = False
         self.val_samples_per_task = int(val_samples_per_task)
         self.test_samples_per_task = test_samples_per_task
         self.sample_seed = int(sample_seed)
@@ -308,15 +320,10 @@ class JDiTModule(LightningModule):
         if self._trainer is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # skip on all ranks or none
         if not finite:
-            self.nonfinite_steps += 1
-            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=b)
-            if self.nonfinite_steps > self.max_nonfinite_steps:
-                raise FloatingPointError(
-                    f"JDiTModule: non-finite loss in {self.nonfinite_steps} steps (max_nonfinite_steps="
-                    f"{self.max_nonfinite_steps}); last at global step {self.global_step}, batch keys "
-                    f"{[row[-1] for row in batch.get('keys', [])]}"
-                )
+            self.log("train/nonfinite_steps", float(self.nonfinite.total + 1), batch_size=b)
+            self.nonfinite.skipped(self.global_step, batch_keys(batch))
             return None
+        self.nonfinite.finite()
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=b)
         self.log("train/mse", terms["mse"], batch_size=b)
         self.log("train/l1", terms["l1"], batch_size=b)
@@ -510,12 +517,30 @@ class JDiTModule(LightningModule):
         """The module averaged by ``lavinkit.lit.callbacks.EMA``: the J-DiT (never the frozen VAE)."""
         return self._require_dit()
 
+    @property
+    def nonfinite_steps(self) -> int:
+        """Training steps skipped for a non-finite loss in this run (continued after a resume)."""
+        return self.nonfinite.total
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add ``checkpoint["lavinkit"]``: kind, J-DiT config, prefix, the VAE path and (from the EMA callback,
-        whose hook runs first) the EMA weights."""
+        """Add ``checkpoint["lavinkit"]``: kind, J-DiT config, prefix, the VAE path, the non-finite step counts and
+        (from the EMA callback, whose hook runs first) the EMA weights."""
         block = checkpoint.setdefault("lavinkit", {})
-        block.update(kind="jdit", config=self.dit_config.to_dict(), prefix="dit.", vae=self.vae_path)
+        block.update(kind="jdit", config=self.dit_config.to_dict(), prefix="dit.", vae=self.vae_path,
+                     nonfinite=self.nonfinite.state_dict())
+        block[VALIDATION_PENDING_KEY] = validation_pending(self._trainer)
         block.setdefault("ema_state_dict", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        block = checkpoint.get("lavinkit") or {}
+        self.nonfinite.load_state_dict(block.get("nonfinite") or {})
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
+
+    def on_train_start(self) -> None:
+        # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)
+        if self._validate_on_resume:
+            self._validate_on_resume = False
+            run_pending_validation(self.trainer)
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:

@@ -22,7 +22,8 @@ stage-1 weights with ``init_from`` (weights only: fresh optimizers, fresh discri
 same as resuming a run with ``--ckpt_path``.
 
 Reliability: a non-finite loss (or gradient norm) on ANY rank skips the step on all ranks together (the
-flag is all-reduced) and is counted in ``train/skipped_nonfinite``. Under DDP every trainable parameter is
+flag is all-reduced) and is counted in ``train/skipped_nonfinite``; more than ``max_nonfinite_steps`` such steps in
+a row stop the run with ``FloatingPointError``. Under DDP every trainable parameter is
 tied into the loss with a zero weight, so parameters a step does not use (the discriminator before
 ``disc_start``, the 3-D discriminator on image batches) never raise unused-parameter errors. DeepSpeed
 (one optimizer) and Lightning's FSDP (no manual optimisation) are rejected at setup.
@@ -41,10 +42,16 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from lavinkit.lit.utils import (
+    VALIDATION_PENDING_KEY,
+    NonfiniteSteps,
+    batch_keys,
     build_init_arg,
     check_manual_optimization_strategy,
+    checkpoint_validation_pending,
+    run_pending_validation,
     save_plain_hyperparameters,
     step_generator,
+    validation_pending,
 )
 from lavinkit.losses import AdversarialLoss, KLLoss, PerceptualLoss, ReconstructionLoss, total
 from lavinkit.models.io import LAVINKIT_KEY
@@ -94,6 +101,10 @@ class STVAEModule(pl.LightningModule):
             ``"target"`` only (clean images, when inputs are degraded copies: noise, JPEG blocks or dark
             frames cannot be reconstructed and take capacity from natural images; such inputs are still
             encoded fine for the J-DiT).
+        max_nonfinite_steps: a step whose loss or gradient norm is NaN/Inf on any rank is skipped on every rank
+            together (no update of either model, no EMA update); this many consecutive skipped steps are tolerated,
+            the next one stops the run with ``FloatingPointError`` naming the step and the batch's keys (counts:
+            ``train/skipped_nonfinite``, saved in checkpoints).
     """
 
     def __init__(
@@ -117,6 +128,7 @@ class STVAEModule(pl.LightningModule):
         val_media_batches: int = 1,
         measure_latent_stats: bool = False,
         pair_sides: Literal["both", "target"] = "both",
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         # every argument as a plain value: checkpoints load with weights_only=True and
@@ -166,6 +178,9 @@ class STVAEModule(pl.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         # persistent counter (resumes with the run)
         self.register_buffer("skipped_nonfinite", torch.zeros((), dtype=torch.long))
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self.nonfinite = NonfiniteSteps(type(self).__name__, self.max_nonfinite_steps, what="loss or gradient norm")
+        self._validate_on_resume = False
 
     @property
     def _val_metrics(self) -> dict[str, Any]:
@@ -310,7 +325,9 @@ class STVAEModule(pl.LightningModule):
             if d_opt is not None:
                 d_opt.zero_grad(set_to_none=True)
             self.skipped_nonfinite += 1
+            self.nonfinite.skipped(step, batch_keys(batch))
         else:
+            self.nonfinite.finite()
             g_opt.step()
             if g_sched is not None:
                 g_sched.step()
@@ -405,9 +422,12 @@ class STVAEModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add ``checkpoint["lavinkit"]`` (kind, VAE config, prefix; the EMA callback fills ``ema_state_dict``)."""
+        """Add ``checkpoint["lavinkit"]`` (kind, VAE config, prefix, the non-finite step counts; the EMA callback
+        fills ``ema_state_dict``)."""
         block = checkpoint.setdefault(LAVINKIT_KEY, {})
-        block.update({"kind": KIND, "config": self.vae.config.to_dict(), "prefix": PREFIX})
+        block.update({"kind": KIND, "config": self.vae.config.to_dict(), "prefix": PREFIX,
+                      "nonfinite": self.nonfinite.state_dict(),
+                      VALIDATION_PENDING_KEY: validation_pending(self._trainer)})
         block.setdefault("ema_state_dict", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -416,10 +436,19 @@ class STVAEModule(pl.LightningModule):
             raise ValueError(
                 f"STVAEModule: cannot resume from a {block.get('kind')!r} checkpoint (expected an ST-VAE run)"
             )
+        if block is not None:
+            self.nonfinite.load_state_dict(block.get("nonfinite") or {})
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
         if block is not None and self.measure_latent_stats:
             saved = block.get("config", {})
             if "latent_shift" in saved and "latent_scale" in saved:
                 self.set_latent_normalization(saved["latent_shift"], saved["latent_scale"])
+
+    def on_train_start(self) -> None:
+        # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)
+        if self._validate_on_resume:
+            self._validate_on_resume = False
+            run_pending_validation(self.trainer)
 
 
 __all__ = ["STVAEModule"]

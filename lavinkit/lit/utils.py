@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lavinkit.models.io import LAVINKIT_KEY
 from lavinkit.seeding import derive_generator
 
 
@@ -54,6 +55,119 @@ def step_generator(seed: int, step: int, batch_idx: int, rank: int, device: torc
     """A generator seeded from ``(seed, step, batch_idx, rank)``: a resumed run draws what the uninterrupted
     run draws at the same step, without checkpointing RNG states."""
     return derive_generator(seed, step, batch_idx, rank, device=device)
+
+
+class NonfiniteSteps:
+    """Counts training steps skipped for a non-finite loss (or gradient) and stops the run after too many in a row.
+
+    ``total`` counts every skipped step, ``consecutive`` the current run of them (reset by a finite step). The
+    decision to skip is the same on every rank (the caller all-reduces it), so every rank raises at the same step.
+    Both counts go into checkpoints (:meth:`state_dict`) and continue after a resume.
+
+    Args:
+        owner: name in the error message (the module's class name).
+        max_consecutive: ``max_nonfinite_steps``: that many consecutive skipped steps are tolerated; the next one
+            raises ``FloatingPointError``.
+        what: what was not finite, for the message (``"loss"``, ``"loss or gradient norm"``).
+    """
+
+    def __init__(self, owner: str, max_consecutive: int, what: str = "loss") -> None:
+        if max_consecutive < 0:
+            raise ValueError(f"{owner}: max_nonfinite_steps={max_consecutive} must be >= 0")
+        self.owner, self.max_consecutive, self.what = owner, int(max_consecutive), what
+        self.total = 0
+        self.consecutive = 0
+
+    def finite(self) -> None:
+        """A step that trained: the run of skipped steps ends."""
+        self.consecutive = 0
+
+    def skipped(self, global_step: int, keys: Any = None) -> None:
+        """A step skipped for a non-finite value; raises once more than ``max_consecutive`` are skipped in a row.
+
+        Raises:
+            FloatingPointError: naming the count, the option, the global step and the batch's sample keys.
+        """
+        self.total += 1
+        self.consecutive += 1
+        if self.consecutive > self.max_consecutive:
+            raise FloatingPointError(
+                f"{self.owner}: non-finite {self.what} in {self.consecutive} consecutive steps (max_nonfinite_steps="
+                f"{self.max_consecutive}); last at global step {global_step}, batch keys {keys}; the run stops (lower "
+                "the learning rate, check the inputs of these keys, or raise max_nonfinite_steps)"
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"total": self.total, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = int(state.get("total", self.total))
+        self.consecutive = int(state.get("consecutive", 0))
+
+
+def batch_keys(batch: Any) -> list[str]:
+    """The query sample key of every row of a pair batch (``batch["keys"]``: ``B x N`` keys), for error messages."""
+    keys = batch.get("keys") if isinstance(batch, Mapping) else None
+    return [row[-1] if isinstance(row, (list, tuple)) and row else row for row in (keys or [])]
+
+
+VALIDATION_PENDING_KEY = "validation_pending"
+
+
+def validation_pending(trainer: pl.Trainer | None) -> bool:
+    """True while ``trainer`` is between training a batch after which validation is due and running that validation:
+    in ``on_train_batch_end``, where ``ModelCheckpoint(every_n_train_steps=...)`` saves (on an epoch's last batch
+    when the step count is a multiple of the epoch length). A checkpoint written then records it, and
+    :func:`run_pending_validation` runs that validation when ``fit`` resumes from it."""
+    if trainer is None or not trainer.training or trainer.sanity_checking:
+        return False
+    loop = trainer.fit_loop.epoch_loop
+    current = loop.batch_progress.current
+    if not (current.processed == current.ready and current.completed == current.processed - 1):
+        return False  # not inside a batch's end hooks
+    try:
+        # the decision the loop takes right after the end hooks of this batch (Lightning 2.x loop internals; if
+        # they change, the checkpoint is still written, and a resume from it behaves as Lightning's own)
+        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    except AttributeError:
+        return False
+
+
+def checkpoint_validation_pending(checkpoint: Mapping[str, Any], trainer: pl.Trainer | None) -> bool:
+    """Whether ``checkpoint`` was written before a due validation ran (see :func:`validation_pending`).
+
+    Checkpoints record it in ``checkpoint["lavinkit"]["validation_pending"]``; for checkpoints without that entry it
+    is read from Lightning's loop state: written in the end hooks of an epoch's last batch, before any validation of
+    that epoch, in an epoch that validates under ``trainer``'s ``check_val_every_n_epoch``.
+    """
+    recorded = (checkpoint.get(LAVINKIT_KEY) or {}).get(VALIDATION_PENDING_KEY)
+    if recorded is not None:
+        return bool(recorded)
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    batches, val = loop.get("epoch_loop.batch_progress"), loop.get("epoch_loop.val_loop.batch_progress")
+    every = getattr(trainer, "check_val_every_n_epoch", None)
+    if not batches or not val or every is None or not getattr(trainer, "enable_validation", False):
+        return False
+    current = batches["current"]
+    in_end_hooks = current["processed"] == current["ready"] and current["completed"] == current["processed"] - 1
+    return bool(in_end_hooks and batches.get("is_last_batch") and val["total"]["completed"] == 0
+                and (int(checkpoint.get("epoch", 0)) + 1) % every == 0)
+
+
+def run_pending_validation(trainer: pl.Trainer) -> bool:
+    """Run the validation a resumed ``fit`` would skip: Lightning restores a checkpoint written in
+    ``on_train_batch_end`` (:func:`validation_pending`) as if that batch's validation had run, so resuming from an
+    epoch-end step checkpoint loses that epoch's validation (metrics, best-model checkpoints, early stopping).
+    Call from ``on_train_start`` of the resumed run; it validates exactly as the training loop does. Returns
+    whether validation ran (only when the loop restarted at that point of a batch)."""
+    loop = trainer.fit_loop.epoch_loop
+    if not loop.restarted_on_train_batch_end or not trainer.enable_validation:
+        return False
+    trainer.validating = True
+    loop.val_loop.restarting = False  # a fresh validation run, not the continuation of the restored one
+    loop.val_loop.run()
+    trainer.training = True
+    return True
 
 
 def is_plain(value: Any) -> bool:
@@ -145,8 +259,26 @@ def save_plain_hyperparameters(module: Any) -> list[str]:
             f"{type(module).__name__}: constructor arguments {lost} cannot be stored as plain hyperparameters "
             "(lambdas, objects that do not keep their arguments); load_from_checkpoint(path, ...) needs them passed"
         )
-    module.save_hyperparameters(described)
+    # "_class_path" is where LightningCLI looks for the module class when `--ckpt_path` merges these hyperparameters
+    # into the parsed config (subclass mode); load_from_checkpoint drops it (not an __init__ argument)
+    module.save_hyperparameters({CLASS_PATH_KEY: _class_path(type(module)), **described})
     return lost
+
+
+CLASS_PATH_KEY = "_class_path"
+
+
+def cli_checkpoint_hparams(hparams: Mapping[str, Any], model_config: Any) -> dict[str, Any]:
+    """Hyperparameters of a checkpoint as LightningCLI's ``--ckpt_path`` merges them into the config (subclass mode):
+    with a ``"_class_path"`` key they are read as that class's arguments; without one (modules that save a plain dict,
+    lavinkit checkpoints without the key) they are read as arguments of the class the config names (``model_config``:
+    the parsed ``model`` entry, a ``class_path`` / ``init_args`` namespace), instead of a ``LightningModule``'s.
+    """
+    hparams = dict(hparams)
+    class_path = getattr(model_config, "class_path", None) if model_config is not None else None
+    if hparams and CLASS_PATH_KEY not in hparams and class_path:
+        hparams[CLASS_PATH_KEY] = class_path
+    return hparams
 
 
 def _resolve_class(path: str, base: type) -> type:
@@ -174,10 +306,18 @@ def build_init_arg(value: Any, base: type, *, factory: bool = False) -> Any:
 
 
 __all__ = [
+    "CLASS_PATH_KEY",
+    "NonfiniteSteps",
+    "VALIDATION_PENDING_KEY",
+    "batch_keys",
     "build_init_arg",
+    "checkpoint_validation_pending",
+    "cli_checkpoint_hparams",
     "save_plain_hyperparameters",
     "check_manual_optimization_strategy",
     "describe_init_args",
     "is_plain",
+    "run_pending_validation",
     "step_generator",
+    "validation_pending",
 ]
