@@ -43,42 +43,6 @@ SHORT_NAME_MODULES = (
 USAGE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
 
 
-def _lightning_cli_class():
-    """LightningCLI whose ``--ckpt_path`` also reads checkpoints whose hyperparameters name no class (built lazily:
-    importing Lightning is slow)."""
-    from pathlib import Path
-
-    import torch
-    from lightning.pytorch.cli import LightningCLI
-
-    from lavinkit.lit.utils import cli_checkpoint_hparams
-
-    class _LightningCLI(LightningCLI):
-        def _parse_ckpt_path(self) -> None:
-            # LightningCLI's merge of the checkpoint's hyperparameters into the parsed config, except that
-            # hyperparameters without "_class_path" are read as arguments of the configured model class, not of
-            # LightningModule (which accepts none of them)
-            subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if not ckpt_path or not Path(ckpt_path).is_file():
-                return
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-            hparams = cli_checkpoint_hparams(checkpoint.get("hyper_parameters") or {},
-                                             self.config[subcommand].get("model"))
-            hparams.pop("_instantiator", None)
-            if not hparams:
-                return
-            if "_class_path" in hparams:
-                hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-            try:
-                self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-            except SystemExit:
-                sys.stderr.write(f"Parsing of the hyperparameters of --ckpt_path {ckpt_path} failed\n")
-                raise
-
-    return _LightningCLI
-
-
 class LavinCLI:
     """Factory for the LightningCLI used by the training commands (kept lazy: importing Lightning is slow).
 
@@ -95,10 +59,11 @@ class LavinCLI:
             run: ``False`` only parses and instantiates (used by notebooks and recipe tests).
         """
         from lightning.pytorch import LightningDataModule, LightningModule
+        from lightning.pytorch.cli import LightningCLI
 
         for name in SHORT_NAME_MODULES:
             importlib.import_module(name)
-        return _lightning_cli_class()(
+        return LightningCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,

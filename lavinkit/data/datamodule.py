@@ -712,7 +712,7 @@ class SkippedSamplesLogger(pl.Callback):
             dist.all_gather_object(parts, (int(dm.skipped), int(getattr(dm, "samples_read", 0)),
                                            dict(getattr(dm, "skipped_by_shard", {}))))
         if trainer.is_global_zero:
-            message = skip_summary(*_merge_counts(parts))
+            message = skipped_samples_summary(*_merge_counts(parts))
             if message:
                 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -728,7 +728,8 @@ def _merge_counts(parts) -> tuple[int, int, dict[str, int]]:
     return skipped, read, by_shard
 
 
-def skip_summary(skipped: int, samples_read: int, skipped_by_shard: dict[str, int]) -> str | None:
+def skipped_samples_summary(skipped: int, samples_read: int,
+                            skipped_by_shard: dict[str, int]) -> str | None:
     """``"data: skipped K of N samples (P %); most in shard X (k)"``, or ``None`` when nothing was skipped.
 
     ``N`` counts every sample read: the ``samples_read`` that reached batches plus the ``skipped`` ones."""

@@ -122,15 +122,23 @@ def validation_pending(trainer: pl.Trainer | None) -> bool:
     if trainer is None or not trainer.training or trainer.sanity_checking:
         return False
     loop = trainer.fit_loop.epoch_loop
-    current = loop.batch_progress.current
+    progress = loop.batch_progress
+    current = progress.current
     if not (current.processed == current.ready and current.completed == current.processed - 1):
         return False  # not inside a batch's end hooks
-    try:
-        # the decision the loop takes right after the end hooks of this batch (Lightning 2.x loop internals; if
-        # they change, the checkpoint is still written, and a resume from it behaves as Lightning's own)
-        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
-    except AttributeError:
+    # the rule of Lightning's training epoch loop, from the trainer's public settings: an epoch that validates
+    # (check_val_every_n_epoch), then every val_check_batch batches of the epoch (of the run when the epoch
+    # count is off), and always on the epoch's last batch
+    every_epochs = trainer.check_val_every_n_epoch
+    if not trainer.enable_validation or (every_epochs is not None and (trainer.current_epoch + 1) % every_epochs):
         return False
+    if progress.is_last_batch:
+        return True
+    every_batches = trainer.val_check_batch
+    if every_batches is None or every_batches == float("inf"):
+        return False
+    batch = progress.total.ready if every_epochs is None else current.ready
+    return batch % int(every_batches) == 0
 
 
 def checkpoint_validation_pending(checkpoint: Mapping[str, Any], trainer: pl.Trainer | None) -> bool:
@@ -268,19 +276,6 @@ def save_plain_hyperparameters(module: Any) -> list[str]:
 CLASS_PATH_KEY = "_class_path"
 
 
-def cli_checkpoint_hparams(hparams: Mapping[str, Any], model_config: Any) -> dict[str, Any]:
-    """Hyperparameters of a checkpoint as LightningCLI's ``--ckpt_path`` merges them into the config (subclass mode):
-    with a ``"_class_path"`` key they are read as that class's arguments; without one (modules that save a plain dict,
-    lavinkit checkpoints without the key) they are read as arguments of the class the config names (``model_config``:
-    the parsed ``model`` entry, a ``class_path`` / ``init_args`` namespace), instead of a ``LightningModule``'s.
-    """
-    hparams = dict(hparams)
-    class_path = getattr(model_config, "class_path", None) if model_config is not None else None
-    if hparams and CLASS_PATH_KEY not in hparams and class_path:
-        hparams[CLASS_PATH_KEY] = class_path
-    return hparams
-
-
 def _resolve_class(path: str, base: type) -> type:
     module_name, _, name = path.rpartition(".")
     module = sys.modules.get(module_name)
@@ -312,7 +307,6 @@ __all__ = [
     "batch_keys",
     "build_init_arg",
     "checkpoint_validation_pending",
-    "cli_checkpoint_hparams",
     "save_plain_hyperparameters",
     "check_manual_optimization_strategy",
     "describe_init_args",

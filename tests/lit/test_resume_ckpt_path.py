@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from lavinkit.cli import main
-from lavinkit.lit.utils import cli_checkpoint_hparams
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -84,17 +83,6 @@ def test_stvae_fit_and_validate_from_a_step_checkpoint(stvae_run):
     assert (stvae_run / "validated" / "csv" / "metrics.csv").is_file()
 
 
-def test_stvae_checkpoint_without_class_path_still_validates(stvae_run, demo_data, tmp_path):
-    checkpoint = torch.load(stvae_run / "first" / "ckpt" / "epoch=0-step=2.ckpt", weights_only=True)
-    checkpoint["hyper_parameters"].pop("_class_path")
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
-    config = _recipe(tmp_path, "stvae/tiny_stage1.yaml", "old", demo_data)
-    assert main(["validate", "--config", str(config), "--ckpt_path", str(old)]) == 0
-    (value,) = _val_rows(tmp_path / "old", "val/psnr").values()
-    assert value == pytest.approx(min(_val_rows(stvae_run / "first", "val/psnr").items())[1], rel=1e-4)
-
-
 def test_jdit_fit_and_validate_from_a_step_checkpoint(stvae_run, demo_data, tmp_path):
     vae = stvae_run / "first" / "ckpt" / "last.ckpt"
     _resume_and_validate(
@@ -115,17 +103,6 @@ def test_hyperparameters_name_the_module_class_and_still_load(tmp_path):
     restored = STVAEModule.load_from_checkpoint(path)  # "_class_path" is not passed to __init__
     assert restored.seed == 3 and type(restored.reconstruction) is ReconstructionLoss
     assert JDiTModule(dit="tiny").hparams["_class_path"] == "lavinkit.lit.jdit_module.JDiTModule"
-
-
-def test_hyperparameters_without_class_path_read_as_the_configured_class():
-    from types import SimpleNamespace
-
-    configured = SimpleNamespace(class_path="lavinkit.lit.STVAEModule", init_args=None)
-    assert cli_checkpoint_hparams({"seed": 1}, configured) == {"seed": 1, "_class_path": "lavinkit.lit.STVAEModule"}
-    named = {"_class_path": "my.Module", "seed": 1}
-    assert cli_checkpoint_hparams(named, configured) == named  # the checkpoint's own class wins
-    assert cli_checkpoint_hparams({}, configured) == {}  # nothing to merge
-    assert cli_checkpoint_hparams({"seed": 1}, None) == {"seed": 1}
 
 
 def test_checkpoints_without_the_flag_read_it_from_the_loop_state(stvae_run, demo_data, tmp_path):

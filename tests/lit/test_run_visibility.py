@@ -162,7 +162,7 @@ def _shard_with_bad_third(tmp_path: Path) -> str:
 
 def test_skips_are_shown_and_summarised_without_configuration(tmp_path):
     from lavinkit.data import SkippedSamplesLogger
-    from lavinkit.data.datamodule import skip_summary
+    from lavinkit.data.datamodule import skipped_samples_summary
 
     shard = _shard_with_bad_third(tmp_path)
     dm = _data(shard, None, max_skipped=None)
@@ -174,7 +174,7 @@ def test_skips_are_shown_and_summarised_without_configuration(tmp_path):
     assert dm.skipped >= 2 and set(dm.skipped_by_shard) == {shard}
     assert dm.samples_read >= 6 and dm.skipped * 3 <= dm.samples_read + dm.skipped + 3  # about a third
     summary = [str(w.message) for w in caught if "data: skipped" in str(w.message)]
-    assert summary == [skip_summary(dm.skipped, dm.samples_read, dm.skipped_by_shard)]
+    assert summary == [skipped_samples_summary(dm.skipped, dm.samples_read, dm.skipped_by_shard)]
     assert f"most in shard {shard} ({dm.skipped})" in summary[0]
     shown = float(trainer.progress_bar_metrics["data/skipped"])
     assert 1 <= shown <= dm.skipped  # the last batch's count (the loader may have read one batch further)
