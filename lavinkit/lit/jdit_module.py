@@ -328,6 +328,10 @@ class JDiTModule(LightningModule):
         self.log("train/mse", terms["mse"], batch_size=b)
         self.log("train/l1", terms["l1"], batch_size=b)
         self.log("train/num_context", float(batch.get("num_context", 0)), batch_size=b)
+        if self._trainer is not None and self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            # learned scalars of the attention plug-ins, e.g. Infini-attention's per-head memory gates
+            for name, value in self.dit.attention_metrics().items():
+                self.log(f"attention/{name}", value, batch_size=b)
         return terms["loss"]
 
     def configure_optimizers(self):

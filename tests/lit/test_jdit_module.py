@@ -249,3 +249,24 @@ def test_nonfinite_loss_skips_the_step_then_stops(demo_data, tiny_vae, tmp_path)
     module = nan_first(JDiTModule(dit="tiny", vae=str(tiny_vae), optimizer=_adamw(), max_nonfinite_steps=0))
     with pytest.raises(FloatingPointError, match="max_nonfinite_steps=0"):
         _trainer(tmp_path / "b", 1, []).fit(module, datamodule=_datamodule(demo_data, steps_per_epoch=4))
+
+
+class _GatesBeforeStep(pl.Callback):
+    """The gates the model holds when the step's loss (and its logs) were computed: before the optimizer step."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.gates = pl_module.dit.attention_metrics()
+
+
+def test_infini_memory_gates_are_logged_while_training(demo_data, tiny_vae, tmp_path):
+    module = JDiTModule(dit="tiny", vae=str(tiny_vae), optimizer=_adamw(0.05),
+                        dit_overrides={"depth": 2, "attention_core": "infini"})
+    seen = _GatesBeforeStep()
+    trainer = _trainer(tmp_path, 4, [seen], log_every_n_steps=1, logger=pl.loggers.CSVLogger(tmp_path, name="csv"))
+    trainer.fit(module, datamodule=_datamodule(demo_data))
+    logged = {k: float(v) for k, v in trainer.logged_metrics.items() if k.startswith("attention/")}
+    heads = module.dit.config.num_heads
+    assert sorted(logged) == sorted(f"attention/blocks.{i}.gate/h{h}" for i in range(2) for h in range(heads))
+    assert logged == pytest.approx({f"attention/{k}": v for k, v in seen.gates.items()}, abs=1e-6)
+    # the gates are learned: sigmoid(beta) left its initial 0.5
+    assert any(abs(v - 0.5) > 1e-3 for v in module.dit.attention_metrics().values())

@@ -150,7 +150,10 @@ class InfiniAttention(AttentionCore):
 
     def gates(self) -> torch.Tensor:
         """``sigmoid(beta)`` per query head (weight of the memory path), detached float32 ``[H]``."""
-        return torch.sigmoid(self.beta.detach().float())
+        beta = self.beta.detach()
+        if hasattr(beta, "full_tensor"):  # sharded (FSDP2 DTensor): every rank gathers the H values
+            beta = beta.full_tensor()
+        return torch.sigmoid(beta.float())
 
     def metrics(self) -> dict[str, float]:
         """``gate/h<i>``: ``sigmoid(beta)`` of every query head."""
