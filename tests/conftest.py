@@ -62,6 +62,17 @@ def demo_data(tmp_path_factory) -> Path:
     return root
 
 
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A randomly initialised ST-VAE of the ``tiny`` preset saved as a weights file (seed 0)."""
+    from lavinkit.models.stvae import STVAE, STVAEConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
+    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(path)
+    return path
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

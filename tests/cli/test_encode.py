@@ -17,14 +17,6 @@ from lavinkit.models.stvae import STVAE, STVAEConfig
 
 
 @pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
-    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def latents(demo_data, tiny_vae, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents") / "train"
     rc = lavinkit_main(["encode", "--data", str(demo_data / "train" / "images-000000.tar"),

@@ -16,14 +16,6 @@ from lavinkit.models.jdit import JDiT
 from lavinkit.models.stvae import STVAE, STVAEConfig
 
 
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
-    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(path)
-    return path
-
-
 def _adamw(lr: float = 1e-3):
     return lambda params: torch.optim.AdamW(params, lr=lr)
 

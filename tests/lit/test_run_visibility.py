@@ -17,7 +17,6 @@ import torch
 from lavinkit.lit import JDiTModule, STVAEModule
 from lavinkit.lit.callbacks import EMA
 from lavinkit.losses import KLLoss, ReconstructionLoss
-from lavinkit.models.stvae import STVAE, STVAEConfig
 
 
 def _images(root: Path, split: str = "train") -> str:
@@ -54,14 +53,6 @@ def _stvae(**kwargs) -> STVAEModule:
     torch.manual_seed(0)
     return STVAEModule("tiny", ReconstructionLoss(l1_weight=1.0), KLLoss(1e-6),
                        optimizer=partial(torch.optim.AdamW, lr=1e-3), **kwargs)
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("vae") / "vae.safetensors"
-    STVAE(STVAEConfig.from_name("tiny")).save_pretrained(path)
-    return path
 
 
 def _jdit(vae: Path, **kwargs) -> JDiTModule:
