@@ -44,6 +44,8 @@ def main(root):
     assert torch.equal(gathered[0], gathered[1])
     if trainer.global_rank == 0:
         print("DDP-OK", flush=True)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # orderly gloo shutdown before the interpreter exits
 
 
 if __name__ == "__main__":

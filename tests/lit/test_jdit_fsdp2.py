@@ -56,6 +56,8 @@ def main(root):
     assert torch.equal(full_ema["final.linear.weight"], params["final.linear.weight"].full_tensor())
     if trainer.global_rank == 0:
         print("FSDP2-OK", flush=True)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # orderly gloo shutdown before the interpreter exits
 
 
 if __name__ == "__main__":
