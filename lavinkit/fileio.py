@@ -175,14 +175,13 @@ def open_temporary(path: str | os.PathLike, mode: str = "wb") -> tuple[Path, IO]
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator[IO]:
     """Open a temporary next to ``path`` for writing (``mode`` ``"wb"`` or ``"w"``; ``kwargs`` go to ``open``,
-    e.g. ``encoding``); on normal exit it is flushed, fsync'ed and renamed to ``path``; on an exception removed."""
+    e.g. ``encoding``); on normal exit it is closed and committed (fsync, rename: :func:`commit`); on an exception
+    removed."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
     with atomic_path(path) as tmp:
         with open(tmp, "x" + mode[1:], **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

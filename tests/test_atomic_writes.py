@@ -308,6 +308,18 @@ def test_shard_writer_removes_the_shard_being_written_on_error(tmp_path):
     assert list(writer.shards) == ["images-000000.tar"]
 
 
+def _fails_on_the_second_shard(args: list[str], limit: int, out: Path, prefix: str) -> None:
+    """Run ``lavinkit ARGS`` with writes beyond ``limit`` bytes per file failing (EFBIG): exit 1 with one line naming
+    ``<prefix>-000001.tar`` as incomplete and no index, no traceback; only the complete first shard is left."""
+    proc = subprocess.run([sys.executable, "-m", "lavinkit.cli", *args], capture_output=True, text=True,
+                          preexec_fn=_limit_file_size(limit), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"{prefix}-000001.tar" in last and "incomplete" in last and INDEX_NAME in last, last
+    assert sorted(os.listdir(out)) == [f"{prefix}-000000.tar"]
+
+
 def test_pack_on_a_full_disk_exits_nonzero_and_leaves_no_partial_shard(tmp_path):
     """``lavinkit data pack`` with a file size limit between the first shard (small pairs) and the second
     (large pairs): exit 1 naming the second shard, the first shard whole, no partial shard, no index."""
@@ -315,15 +327,8 @@ def test_pack_on_a_full_disk_exits_nonzero_and_leaves_no_partial_shard(tmp_path)
     out = tmp_path / "out"
     limit = 40_000  # shard 0: 2 x 2 x 16x16 noise PNG (~8 KB); shard 1: 2 x 2 x 64x64 (~100 KB)
 
-    proc = subprocess.run([sys.executable, "-m", "lavinkit.cli", "data", "pack", "--task-folders", str(tmp_path / "tasks"),
-                           "--out", str(out), "--maxcount", "2", "--progress", "false"],
-                          capture_output=True, text=True, preexec_fn=_limit_file_size(limit), cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "images-000001.tar" in last and "incomplete" in last and INDEX_NAME in last, last
-    assert sorted(os.listdir(out)) == ["images-000000.tar"]
+    _fails_on_the_second_shard(["data", "pack", "--task-folders", str(tmp_path / "tasks"), "--out", str(out),
+                                "--maxcount", "2", "--progress", "false"], limit, out, "images")
     assert len(_tar_members(out / "images-000000.tar")) == 6  # 2 pairs x (input, target, json)
     # without the limit the same command completes and writes the index last
     from lavinkit.data.pack import pack_task_folders
@@ -346,15 +351,8 @@ def test_encode_on_a_full_disk_exits_nonzero_and_leaves_no_partial_shard(tmp_pat
             img = _noise_pair(rng, size)
             writer.write(make_sample(f"k{i}", "t", img, img))
     out = tmp_path / "latents"
-    proc = subprocess.run([sys.executable, "-m", "lavinkit.cli", "encode", "--data", str(tmp_path / "pairs"),
-                           "--out", str(out), "--vae", str(vae), "--maxcount", "2", "--progress", "false"],
-                          capture_output=True, text=True, preexec_fn=_limit_file_size(20_000), cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "latents-000001.tar" in last and "incomplete" in last and INDEX_NAME in last, last
-    assert sorted(os.listdir(out)) == ["latents-000000.tar"]
+    _fails_on_the_second_shard(["encode", "--data", str(tmp_path / "pairs"), "--out", str(out), "--vae", str(vae),
+                                "--maxcount", "2", "--progress", "false"], 20_000, out, "latents")
     assert sorted(_tar_members(out / "latents-000000.tar")) == sorted(
         f"k{i}.{m}" for i in (0, 1) for m in ("input.npy", "json", "target.npy"))
 

@@ -26,11 +26,11 @@ leaves the previous complete folder.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.fabric.utilities.types import _PATH
+from fsspec.utils import get_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lavinkit.fileio import atomic_open
@@ -43,13 +43,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     needs no extra host memory; loading and removing checkpoints are Lightning's.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
         """Save ``checkpoint`` to ``path``: local paths atomically, remote urls through fsspec as Lightning does.
 
         Raises:
             TypeError: ``storage_options`` is given (as ``TorchCheckpointIO``).
         """
-        if not _is_local_file_protocol(path):
+        if get_protocol(str(path)) != "file":
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
         if storage_options is not None:
