@@ -103,7 +103,8 @@ class JDiTModule(LightningModule):
             validation flow loss is always computed).
         test_samples_per_task: sampled examples per task in ``lavinkit test`` (``None``: every test example).
         sample_seed: seed of the sampling noise (the same examples get the same noise every epoch).
-        log_images: sampled examples per task written to TensorBoard as ``query | prediction | target`` rows.
+        log_images: sampled examples per task written to TensorBoard as ``query | prediction | target`` rows
+            (tag ``<stage>/<task>``; clips as a video, or frame strips ``<stage>/<task>/<i>`` without moviepy).
     """
 
     def __init__(
@@ -183,7 +184,7 @@ class JDiTModule(LightningModule):
         self.log_images = int(log_images)
         self._scores: dict[str, dict[str, list[float]]] = {}
         self._seen: dict[str, int] = {}
-        self._images: dict[str, list[Tensor]] = {}
+        self._images: dict[str, list[Tensor]] = {}  # per task: [3 (query, prediction, target), 3, T, H, W]
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -400,7 +401,7 @@ class JDiTModule(LightningModule):
         for j, i in enumerate(rows):
             shown = self._images.setdefault(tasks[i], [])
             if len(shown) < self.log_images:
-                shown.append(torch.stack([query_px[j, :, 0], pred_px[j, :, 0], target_px[j, :, 0]]).cpu())
+                shown.append(torch.stack([query_px[j], pred_px[j], target_px[j]]).cpu())
 
     def _score(self, pred: Tensor, target: Tensor, tasks: list[str]) -> None:
         """Per-sample PSNR / SSIM in pixel space (``[b, 3, T, H, W]`` in [-1, 1]; frames scored as images)."""
@@ -476,19 +477,13 @@ class JDiTModule(LightningModule):
         return table
 
     def _log_images(self, stage: str) -> None:
-        """One ``query | prediction | target`` grid per task, drawn by the grid helper of the media logger
-        (:func:`lavinkit.lit.callbacks.media_panels`) that lays out the ST-VAE's reconstructions too."""
-        logger = self.logger
-        experiment = getattr(logger, "experiment", None) if logger is not None else None
-        if experiment is None or not hasattr(experiment, "add_image") or not self._images:
-            return
-        from lavinkit.lit.callbacks import media_panels
+        """``query | prediction | target`` rows per task under ``<stage>/<task>``, through the media path the
+        ST-VAE's reconstructions take too (:func:`lavinkit.lit.callbacks.log_media`)."""
+        from lavinkit.lit.callbacks import log_media
 
         for task, rows in sorted(self._images.items()):
-            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, H, W]
-            columns = [tiles[:, k].unsqueeze(2) for k in range(3)]  # 3 x [n, 3, 1, H, W]
-            grid = media_panels(columns, max_samples=len(rows))[""]
-            experiment.add_image(f"{stage}/{task}", grid, global_step=self.global_step)
+            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, T, H, W]
+            log_media(self.trainer, f"{stage}/{task}", [tiles[:, k] for k in range(3)], max_samples=len(rows))
 
     def on_validation_epoch_start(self) -> None:
         self._reset_eval()
