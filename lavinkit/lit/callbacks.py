@@ -154,7 +154,7 @@ class EMA(Callback):
         self._swapped = False
         self._stash: dict[str, Tensor] | None = None  # raw local values while the EMA values are in the model
         self._target: nn.Module | None = None
-        self._trainer: pl.Trainer | None = None
+        self._fit_trainer: pl.Trainer | None = None
 
     @property
     def average(self) -> dict[str, Tensor] | None:
@@ -179,7 +179,7 @@ class EMA(Callback):
         return t.detach().to(device=self.device or t.device, dtype=dtype, copy=True)
 
     def _strategy(self) -> Any:
-        return self._trainer.strategy if self._trainer is not None else None
+        return self._fit_trainer.strategy if self._fit_trainer is not None else None
 
     def _live(self) -> dict[str, Tensor]:
         assert self._target is not None
@@ -280,7 +280,7 @@ class EMA(Callback):
                 return {k: live[k].detach().clone().cpu() for k in names}
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        root = self._trainer.strategy.model if self._trainer is not None else self._target
+        root = self._fit_trainer.strategy.model if self._fit_trainer is not None else self._target
         with FSDP.summon_full_params(root, writeback=False, offload_to_cpu=True):
             live = self._live()
             return {k: live[k].detach().clone().cpu() for k in names}
@@ -318,7 +318,7 @@ class EMA(Callback):
         else:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            root = self._trainer.strategy.model if self._trainer is not None else self._target
+            root = self._fit_trainer.strategy.model if self._fit_trainer is not None else self._target
             with FSDP.summon_full_params(root, writeback=True):
                 for k, t in self._live().items():
                     t.data.copy_(full[k].to(t.device, t.dtype))
@@ -362,10 +362,10 @@ class EMA(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
         self._build(pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -383,7 +383,7 @@ class EMA(Callback):
             self.update()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
         if self.shadow is None and self._pending is not None:
             self._build(pl_module)  # `validate` with a checkpoint: EMA restored without a fit
         if self.validate_with_ema and self.shadow is not None and not self._swapped:

@@ -41,6 +41,7 @@ from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, enco
 from lavinkit.lit.utils import (
     VALIDATION_PENDING_KEY,
     NonfiniteSteps,
+    attached_trainer,
     batch_keys,
     build_init_arg,
     checkpoint_validation_pending,
@@ -235,7 +236,7 @@ class JDiTModule(LightningModule):
         return self.dit
 
     def setup(self, stage: str) -> None:
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             from lavinkit.lit.parallel import check_jdit_strategy
 
             check_jdit_strategy(
@@ -318,7 +319,7 @@ class JDiTModule(LightningModule):
         terms = self.flow_loss(batch, dropout=self.context_dropout)
         b = terms["t"].shape[0]
         finite = bool(torch.isfinite(terms["loss"]))
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # skip on all ranks or none
         if not finite:
             self.log("train/nonfinite_steps", float(self.nonfinite.total + 1), batch_size=b)
@@ -329,7 +330,7 @@ class JDiTModule(LightningModule):
         self.log("train/mse", terms["mse"], batch_size=b)
         self.log("train/l1", terms["l1"], batch_size=b)
         self.log("train/num_context", float(batch.get("num_context", 0)), batch_size=b)
-        if self._trainer is not None and self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+        if attached_trainer(self) is not None and self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             # learned scalars of the attention plug-ins, e.g. Infini-attention's per-head memory gates
             for name, value in self.dit.attention_metrics().items():
                 self.log(f"attention/{name}", value, batch_size=b)
@@ -527,13 +528,13 @@ class JDiTModule(LightningModule):
         block = checkpoint.setdefault("lavinkit", {})
         block.update(kind="jdit", config=self.dit_config.to_dict(), prefix="dit.", vae=self.vae_path,
                      nonfinite=self.nonfinite.state_dict())
-        block[VALIDATION_PENDING_KEY] = validation_pending(self._trainer)
+        block[VALIDATION_PENDING_KEY] = validation_pending(attached_trainer(self))
         block.setdefault("ema_state_dict", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         block = checkpoint.get("lavinkit") or {}
         self.nonfinite.load_state_dict(block.get("nonfinite") or {})
-        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, attached_trainer(self))
 
     def on_train_start(self) -> None:
         # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)
