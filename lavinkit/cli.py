@@ -43,27 +43,52 @@ SHORT_NAME_MODULES = (
 USAGE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
 
 
+def logger_save_dir(default_root_dir: str | None) -> str:
+    """The loggers' ``save_dir`` for a run whose ``trainer.default_root_dir`` is ``default_root_dir`` (the folder
+    itself; the working directory when unset, as Lightning does)."""
+    return os.getcwd() if default_root_dir is None else str(default_root_dir)
+
+
 class LavinCLI:
     """Factory for the LightningCLI used by the training commands (kept lazy: importing Lightning is slow).
 
     Optimizers come only from the modules' constructors (``auto_configure_optimizers=False``): a command-line
     ``--optimizer`` cannot silently replace the GAN's two optimizers, it is an unknown option.
+
+    ``trainer.default_root_dir`` is the one output folder of a run: it is linked to the ``save_dir`` of every
+    logger the recipe lists (``trainer.logger.init_args.save_dir`` is set from it, not given), and a
+    ``ModelCheckpoint`` without ``dirpath`` saves under the first logger's folder, Lightning's default. A recipe
+    whose logger has ``name: ""`` and ``version: ""`` therefore writes its logs to ``default_root_dir`` and its
+    checkpoints to ``default_root_dir/checkpoints``, and ``--trainer.default_root_dir X`` moves both.
     """
 
     @staticmethod
-    def build(args: Sequence[str] | None = None, run: bool = True):
+    def build(args: Sequence[str] | None = None, run: bool = True, instantiate: bool = True):
         """Build (and by default run) the LightningCLI.
 
         Args:
             args: command-line arguments without the program name; ``None`` reads ``sys.argv``.
             run: ``False`` only parses and instantiates (used by notebooks and recipe tests).
+            instantiate: ``False`` (with ``run=False``) only parses: ``.config`` holds the recipe, nothing is built
+                (recipes for GPU strategies or large models check on any machine).
         """
+        if run and not instantiate:
+            raise ValueError("LavinCLI.build: run=True needs instantiate=True")
         from lightning.pytorch import LightningDataModule, LightningModule
         from lightning.pytorch.cli import LightningCLI
 
+        class LavinLightningCLI(LightningCLI):
+            def add_arguments_to_parser(self, parser) -> None:
+                parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
+                                      compute_fn=logger_save_dir)
+
+            def instantiate_classes(self) -> None:
+                if instantiate:
+                    super().instantiate_classes()
+
         for name in SHORT_NAME_MODULES:
             importlib.import_module(name)
-        return LightningCLI(
+        return LavinLightningCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,
@@ -77,13 +102,14 @@ class LavinCLI:
         )
 
 
-def build_cli(args: Sequence[str] | None = None, run: bool = False):
+def build_cli(args: Sequence[str] | None = None, run: bool = False, instantiate: bool = True):
     """Parse a training command line (e.g. ``["fit", "--config", "recipe.yaml"]``) the way ``lavinkit`` does.
 
     With ``run=False`` (the default here) the returned CLI exposes ``.model``, ``.datamodule`` and
-    ``.trainer`` fully built from the recipe, which is how notebooks reuse recipes.
+    ``.trainer`` fully built from the recipe, which is how notebooks reuse recipes; ``instantiate=False`` only
+    parses (``.config``).
     """
-    return LavinCLI.build(args=args, run=run)
+    return LavinCLI.build(args=args, run=run, instantiate=instantiate)
 
 
 def _usage() -> str:

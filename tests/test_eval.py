@@ -315,3 +315,35 @@ def test_test_epoch_logs_markdown_table_to_tensorboard(models, tmp_path, caplog)
     (tag,) = [t for t in events.Tags()["tensors"] if t.startswith("test/tasks")]
     text = events.Tensors(tag)[0].tensor_proto.string_val[0].decode()
     assert "| task | n | PSNR | SSIM | identity PSNR | beats identity dB |" in text and "| alpha | 1 |" in text
+    # one query | prediction | target row per task, through the media path the ST-VAE uses (lit.callbacks.log_media)
+    assert {"test/alpha", "test/beta"} <= set(events.Tags()["images"])
+    grid = events.Images("test/alpha")[0]
+    assert (grid.width, grid.height) == (3 * SIZE + 4 * 2, SIZE + 2 * 2)  # three tiles, make_grid padding 2
+
+
+def test_clip_tasks_log_their_frames(models, tmp_path):
+    """A clip task's rows keep every frame: one frame strip per sample (rows query, prediction, target; columns
+    frames) without moviepy, a video with it."""
+    import importlib.util
+
+    import lightning.pytorch as pl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lavinkit.flow import EulerSampler
+    from lavinkit.lit.jdit_module import JDiTModule
+
+    module = JDiTModule(dit="tiny", dit_overrides={"in_channels": 8}, vae=str(models / "vae.safetensors"),
+                        sampler=EulerSampler(num_steps=2, grid="uniform"))
+    g = torch.Generator().manual_seed(0)
+    clips = lambda: torch.rand(1, 2, 3, 5, SIZE, SIZE, generator=g) * 2 - 1  # noqa: E731  [B, N, 3, T = 5, H, W]
+    batches = [{"input": clips(), "target": clips(), "task": ["gamma"], "keys": [["g0", "g1"]], "num_context": 1}]
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.test(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    events = EventAccumulator(str(logger.log_dir)).Reload()
+    if importlib.util.find_spec("moviepy") is None:
+        strip = events.Images("test/gamma/0")[0]
+        assert (strip.width, strip.height) == (5 * SIZE + 6, 3 * SIZE + 4)  # 5 frames x 3 rows, padding 1
+    else:
+        assert "test/gamma" in events.Tags()["images"]  # add_video writes an animated image summary

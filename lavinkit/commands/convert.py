@@ -16,7 +16,8 @@ Official DiT files are safetensors; official VAE files are torch files holding `
 (read with ``weights_only=True``) or safetensors. ``--official_kwargs`` is a JSON object of official
 constructor arguments or a lavinkit preset name (default: the official preset of ``--kind``).
 Output tensors keep the source dtype unless ``--dtype`` says otherwise; bfloat16 -> float16 is refused
-(float16 overflows above 65504 and loses bfloat16's range).
+(float16 overflows above 65504 and loses bfloat16's range). ``--progress`` (default on) shows a bar with an ETA
+over the bytes of the source file as it is read (tensor by tensor for safetensors files), then the write.
 """
 
 from __future__ import annotations
@@ -64,25 +65,48 @@ def official_kwargs_for(kind: str, spec: str | None) -> dict[str, Any]:
     return dict(STVAE_PRESETS[spec])
 
 
-def _read_official(path: Path, kind: str) -> dict[str, torch.Tensor]:
+def progress_bar(src: Path, enabled: bool = True):
+    """The bar of one conversion: bytes of ``src`` read, with an ETA (tqdm, like the other commands' bars)."""
+    from tqdm.auto import tqdm
+
+    total = src.stat().st_size if src.is_file() else None
+    return tqdm(total=total, desc="lavinkit convert", unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled)
+
+
+def _read_done(bar) -> None:
+    """Mark the source as read (headers and formats read in one call included) and say what comes next."""
+    if bar is not None:
+        bar.update(max((bar.total or 0) - bar.n, 0))
+        bar.set_postfix_str("writing")
+
+
+def _read_official(path: Path, kind: str, bar=None) -> dict[str, torch.Tensor]:
+    """The tensors of an official checkpoint file; ``bar`` advances by each tensor's bytes as it is read."""
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
+        state = {}
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        if "lavinkit_kind" in meta:
-            raise ConvertError(
-                f"{path} is already a lavinkit weights file (kind {meta['lavinkit_kind']!r}); use --to official to export it"
-            )
-        return load_file(str(path))
-    if kind == "stvae":
+            if "lavinkit_kind" in meta:
+                raise ConvertError(f"{path} is already a lavinkit weights file (kind {meta['lavinkit_kind']!r}); "
+                                   "use --to official to export it")
+            # what safetensors' load_file does, one tensor at a time so that the bar follows the read
+            for key in f.keys():
+                state[key] = f.get_tensor(key)
+                if bar is not None:
+                    bar.update(state[key].nbytes)
+    elif kind == "stvae":
         from lavinkit.interop.stvae_official import load_official_stvae_file
 
-        return load_official_stvae_file(path)
-    raise ConvertError(f"{path}: official J-DiT checkpoints are .safetensors files")
+        state = load_official_stvae_file(path)
+    else:
+        raise ConvertError(f"{path}: official J-DiT checkpoints are .safetensors files")
+    _read_done(bar)
+    return state
 
 
 def _target_dtype(state: dict[str, torch.Tensor], dtype: str) -> torch.dtype | None:
@@ -130,11 +154,12 @@ def guess_kind(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def to_lavinkit(src: Path, dst: Path, kind: str, kwargs: dict[str, Any], dtype: str) -> Path:
-    """Official checkpoint file -> lavinkit weights file (safetensors with kind and config)."""
+def to_lavinkit(src: Path, dst: Path, kind: str, kwargs: dict[str, Any], dtype: str, bar=None) -> Path:
+    """Official checkpoint file -> lavinkit weights file (safetensors with kind and config); ``bar``: see
+    :func:`progress_bar`."""
     from lavinkit.models.io import save_pretrained
 
-    state = _read_official(src, kind)
+    state = _read_official(src, kind, bar)
     guessed = guess_kind(state)
     if guessed is not None and guessed != kind:
         raise ConvertError(f"{src} looks like an official {guessed} checkpoint, not {kind}; use --kind {guessed}")
@@ -158,11 +183,13 @@ def to_lavinkit(src: Path, dst: Path, kind: str, kwargs: dict[str, Any], dtype: 
         raise ConvertError(f"{src} as an official {kind} checkpoint: {err}") from None
 
 
-def to_official(src: Path, dst: Path, kind: str, dtype: str, use_ema: bool) -> Path:
-    """lavinkit weights file (or training checkpoint) -> official-layout checkpoint file."""
+def to_official(src: Path, dst: Path, kind: str, dtype: str, use_ema: bool, bar=None) -> Path:
+    """lavinkit weights file (or training checkpoint) -> official-layout checkpoint file; ``bar``: see
+    :func:`progress_bar`."""
     from lavinkit.models.io import load_pretrained
 
     stored_kind, config, state = load_pretrained(src, use_ema=use_ema)
+    _read_done(bar)
     if stored_kind != kind:
         raise ConvertError(f"{src} holds a {stored_kind!r} model but --kind is {kind!r}")
     target = _target_dtype(state, dtype)
@@ -209,6 +236,7 @@ def build_parser():
     parser.add_argument("--dtype", type=Literal["keep", "float32", "bfloat16", "float16"], default="keep",
                         help="output dtype; bfloat16 -> float16 is refused")
     parser.add_argument("--use-ema", "--use_ema", type=bool, default=True, help="export EMA weights of a training checkpoint")
+    parser.add_argument("--progress", type=bool, default=True, help="show a progress bar with an ETA")
     return parser
 
 
@@ -216,10 +244,13 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     src, dst = Path(args.src), Path(args.dst)
     try:
-        if args.to == "lavinkit":
-            out = to_lavinkit(src, dst, args.kind, official_kwargs_for(args.kind, args.official_kwargs), args.dtype)
-        else:
-            out = to_official(src, dst, args.kind, args.dtype, args.use_ema)
+        with progress_bar(src, args.progress) as bar:
+            if args.to == "lavinkit":
+                kwargs = official_kwargs_for(args.kind, args.official_kwargs)
+                out = to_lavinkit(src, dst, args.kind, kwargs, args.dtype, bar)
+            else:
+                out = to_official(src, dst, args.kind, args.dtype, args.use_ema, bar)
+            bar.set_postfix_str("written")
     except (ConvertError, FileNotFoundError) as err:
         print(f"lavinkit convert: error: {err}", file=sys.stderr)
         return 2

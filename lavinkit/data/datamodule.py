@@ -484,15 +484,23 @@ class _SingleSourceDataModule(PairDataModule):
         self.train_urls, self.val_urls, self.test_urls = train_urls, val_urls, test_urls
 
     def _sources(self, split: str) -> list[Source]:
-        urls = self.val_urls if split == "test" and self.test_urls is None else getattr(self, f"{split}_urls")
+        named, urls = _split_urls(split, {"train": self.train_urls, "val": self.val_urls, "test": self.test_urls})
         if urls is None:
             return []
-        what = f"{'val' if split == 'test' and self.test_urls is None else split}_urls"
-        return [Source(self._source_name, resolve_urls(urls, what=what), self._decoder(), self.batch_size)]
+        decoder = self._decoder(self._source_name)
+        return [Source(self._source_name, resolve_urls(urls, what=f"{named}_urls"), decoder, self.batch_size)]
 
     @abstractmethod
-    def _decoder(self) -> PixelDecoder | LatentDecoder:
-        """How samples of this module's shards are decoded."""
+    def _decoder(self, modality: str) -> PixelDecoder | LatentDecoder:
+        """How samples of ``modality`` in this module's shards are decoded."""
+
+
+def _split_urls(split: str, urls: dict[str, Urls | None]) -> tuple[str, Urls | None]:
+    """``(name, urls)`` of ``split``: without test urls the test split reads the validation urls (and errors name
+    them: ``val``)."""
+    if split == "test" and urls["test"] is None:
+        split = "val"
+    return split, urls[split]
 
 
 class ImagePairDataModule(_SingleSourceDataModule):
@@ -507,8 +515,8 @@ class ImagePairDataModule(_SingleSourceDataModule):
         super().__init__(train_urls, val_urls, test_urls, **kwargs)
         self.size = _check_size(size)
 
-    def _decoder(self) -> PixelDecoder:
-        return PixelDecoder("image", self.size)
+    def _decoder(self, modality: str) -> PixelDecoder:
+        return PixelDecoder(modality, self.size)
 
 
 class VideoPairDataModule(_SingleSourceDataModule):
@@ -531,8 +539,8 @@ class VideoPairDataModule(_SingleSourceDataModule):
                          shuffle_buffer=shuffle_buffer, **kwargs)
         self.size, self.frames = _check_size(size), _check_frames(frames)
 
-    def _decoder(self) -> PixelDecoder:
-        return PixelDecoder("video", self.size, self.frames)
+    def _decoder(self, modality: str) -> PixelDecoder:
+        return PixelDecoder(modality, self.size, self.frames)
 
 
 class MixtureDataModule(PairDataModule):
@@ -574,43 +582,34 @@ class MixtureDataModule(PairDataModule):
             raise ValueError(
                 f"image_weight/video_weight must be >= 0 and not both 0, got {image_weight}, {video_weight}"
             )
-        self.urls = {
-            "train": (image_train_urls, video_train_urls),
-            "val": (image_val_urls, video_val_urls),
-            "test": (
-                image_val_urls if image_test_urls is None else image_test_urls,
-                video_val_urls if video_test_urls is None else video_test_urls,
-            ),
+        self.urls = {  # per modality: {split: urls}
+            "image": {"train": image_train_urls, "val": image_val_urls, "test": image_test_urls},
+            "video": {"train": video_train_urls, "val": video_val_urls, "test": video_test_urls},
         }
-        self.test_urls_given = (image_test_urls is not None, video_test_urls is not None)
-        self.weights = (image_weight, video_weight)
+        self.weights = {"image": image_weight, "video": video_weight}
         self.video_batch_size = video_batch_size or self.batch_size
         self.size = _check_size(size)
         self.frames = _check_frames(frames)
 
     def _sources(self, split: str) -> list[Source]:
-        image_urls, video_urls = self.urls[split]
-        train = split == "train"
         out = []
-        for i, (modality, urls, batch_size) in enumerate(
-            (("image", image_urls, self.batch_size), ("video", video_urls, self.video_batch_size))
-        ):
-            decoder = self._modality_decoder(modality)
-            if urls is None or (train and self.weights[i] <= 0):
+        for modality, batch_size in (("image", self.batch_size), ("video", self.video_batch_size)):
+            named, urls = _split_urls(split, self.urls[modality])
+            if urls is None or (split == "train" and self.weights[modality] <= 0):
                 continue
-            named = "val" if split == "test" and not self.test_urls_given[i] else split
             what = f"{modality}_{named}_urls"
-            out.append(Source(modality, resolve_urls(urls, what=what), decoder, batch_size, self.weights[i]))
+            out.append(Source(modality, resolve_urls(urls, what=what), self._decoder(modality), batch_size,
+                              self.weights[modality]))
         return out
 
-    def _modality_decoder(self, modality: str) -> PixelDecoder | LatentDecoder:
+    def _decoder(self, modality: str) -> PixelDecoder | LatentDecoder:
         return PixelDecoder(modality, self.size, self.frames if modality == "video" else None)
 
 
-class LatentPairDataModule(_SingleSourceDataModule):
-    """In-context batches of pre-encoded latent pairs (``<key>.input.npy`` / ``<key>.target.npy`` float16
-    ``[C, t, h, w]`` + json recording the VAE); batches hold float32 ``[B, N, C, t, h, w]`` and ``"latents": True``.
-    Latents of one batch must share their shape (one resolution per shard set).
+class _LatentShards:
+    """Latent shards (``<key>.input.npy`` / ``<key>.target.npy`` float16 ``[C, t, h, w]`` + json recording the VAE,
+    written by ``lavinkit encode``) instead of pixels: batches hold float32 ``[B, N, C, t, h, w]`` and
+    ``"latents": True``. Mixed in before a pixel DataModule, whose shard urls and options it passes on.
 
     Args:
         latent_shift: applied as ``(z - shift) * scale`` (identity by default: the shards written by
@@ -620,49 +619,29 @@ class LatentPairDataModule(_SingleSourceDataModule):
     """
 
     latents = True
+
+    def __init__(self, *args: Urls | None, latent_shift: float = 0.0, latent_scale: float = 1.0,
+                 vae: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
+
+    def _decoder(self, modality: str) -> LatentDecoder:
+        return self.decoder
+
+
+class LatentPairDataModule(_LatentShards, _SingleSourceDataModule):
+    """In-context batches of pre-encoded latent pairs (``lavinkit encode``): float32 ``[B, N, C, t, h, w]`` and
+    ``"latents": True``. Latents of one batch must share their shape (one resolution per shard set)."""
+
     _source_name = "latent"
 
-    def __init__(self, train_urls: Urls | None = None, val_urls: Urls | None = None, test_urls: Urls | None = None,
-                 *, latent_shift: float = 0.0, latent_scale: float = 1.0, vae: str | None = None, **kwargs: Any):
-        super().__init__(train_urls, val_urls, test_urls, **kwargs)
-        self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
 
-    def _decoder(self) -> LatentDecoder:
-        return self.decoder
-
-
-class LatentMixtureDataModule(MixtureDataModule):
+class LatentMixtureDataModule(_LatentShards, MixtureDataModule):
     """Image and clip latent shards (``lavinkit encode``) in one stream; each batch is all image latents or all clip
-    latents, drawn by weight. Batches are those of ``LatentPairDataModule`` (``"latents": True``).
+    latents, drawn by weight. Batches are those of ``LatentPairDataModule`` (``"latents": True``)."""
 
-    Args:
-        latent_shift: applied as ``(z - shift) * scale`` (identity by default).
-        latent_scale: see ``latent_shift``.
-        vae: if set, every sample's json ``vae`` entry must name this VAE.
-    """
-
-    latents = True
-
-    def __init__(
-        self,
-        image_train_urls: Urls | None = None,
-        video_train_urls: Urls | None = None,
-        image_val_urls: Urls | None = None,
-        video_val_urls: Urls | None = None,
-        image_test_urls: Urls | None = None,
-        video_test_urls: Urls | None = None,
-        *,
-        latent_shift: float = 0.0,
-        latent_scale: float = 1.0,
-        vae: str | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(image_train_urls, video_train_urls, image_val_urls, video_val_urls, image_test_urls,
-                         video_test_urls, size=None, frames=None, **kwargs)
-        self.decoder = LatentDecoder(shift=latent_shift, scale=latent_scale, vae=vae)
-
-    def _modality_decoder(self, modality: str) -> LatentDecoder:
-        return self.decoder
+    def __init__(self, *args: Urls | None, **kwargs: Any):
+        super().__init__(*args, size=None, frames=None, **kwargs)  # latents are not resized or trimmed
 
 
 def _check_size(size: int | None) -> tuple[int, int] | None:

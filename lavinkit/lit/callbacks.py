@@ -1,5 +1,11 @@
 """Callbacks shared by the lavinkit LightningModules: EMA, validation media logging, data/step timing.
 
+Media
+-----
+Both modules' validation media reach TensorBoard through :func:`log_media` (grids by :func:`media_panels`): the
+ST-VAE's reconstructions per batch via the :class:`MediaLogger` callback, the J-DiT's ``query | prediction |
+target`` rows per task at the end of an evaluation epoch.
+
 EMA
 ---
 :class:`EMA` keeps an exponential moving average of ONE submodule, the one the LightningModule names with
@@ -148,7 +154,7 @@ class EMA(Callback):
         self._swapped = False
         self._stash: dict[str, Tensor] | None = None  # raw local values while the EMA values are in the model
         self._target: nn.Module | None = None
-        self._trainer: pl.Trainer | None = None
+        self._fit_trainer: pl.Trainer | None = None
 
     @property
     def average(self) -> dict[str, Tensor] | None:
@@ -173,7 +179,7 @@ class EMA(Callback):
         return t.detach().to(device=self.device or t.device, dtype=dtype, copy=True)
 
     def _strategy(self) -> Any:
-        return self._trainer.strategy if self._trainer is not None else None
+        return self._fit_trainer.strategy if self._fit_trainer is not None else None
 
     def _live(self) -> dict[str, Tensor]:
         assert self._target is not None
@@ -274,7 +280,7 @@ class EMA(Callback):
                 return {k: live[k].detach().clone().cpu() for k in names}
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        root = self._trainer.strategy.model if self._trainer is not None else self._target
+        root = self._fit_trainer.strategy.model if self._fit_trainer is not None else self._target
         with FSDP.summon_full_params(root, writeback=False, offload_to_cpu=True):
             live = self._live()
             return {k: live[k].detach().clone().cpu() for k in names}
@@ -312,7 +318,7 @@ class EMA(Callback):
         else:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            root = self._trainer.strategy.model if self._trainer is not None else self._target
+            root = self._fit_trainer.strategy.model if self._fit_trainer is not None else self._target
             with FSDP.summon_full_params(root, writeback=True):
                 for k, t in self._live().items():
                     t.data.copy_(full[k].to(t.device, t.dtype))
@@ -356,10 +362,10 @@ class EMA(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
         self._build(pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -377,7 +383,7 @@ class EMA(Callback):
             self.update()
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
+        self._fit_trainer = trainer
         if self.shadow is None and self._pending is not None:
             self._build(pl_module)  # `validate` with a checkpoint: EMA restored without a fit
         if self.validate_with_ema and self.shadow is not None and not self._swapped:
@@ -428,16 +434,6 @@ class MediaLogger(Callback):
         self.num_batches = num_batches
         self.max_samples = max_samples
         self.fps = fps
-        self.has_moviepy = importlib.util.find_spec("moviepy") is not None
-
-    @staticmethod
-    def _tensorboard(trainer: pl.Trainer):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -445,16 +441,31 @@ class MediaLogger(Callback):
             return
         if not isinstance(outputs, dict) or "media" not in outputs:
             return
-        writer = self._tensorboard(trainer)
-        if writer is None:
-            return
         for name, tensors in outputs["media"].items():
-            tag = f"val/{name}/{batch_idx}"
-            for key, value in media_panels(tensors, self.max_samples, video=self.has_moviepy).items():
-                if value.dim() == 5:
-                    writer.add_video(f"{tag}{key}", value, trainer.global_step, fps=self.fps)
-                else:
-                    writer.add_image(f"{tag}{key}", value, trainer.global_step)
+            log_media(trainer, f"val/{name}/{batch_idx}", tensors, max_samples=self.max_samples, fps=self.fps)
+
+
+def log_media(trainer: pl.Trainer, tag: str, tensors: Sequence[Tensor], *, max_samples: int = 4,
+              fps: int = 4) -> None:
+    """Write ``tensors`` (each ``[B, 3, T, H, W]`` in [-1, 1], shown side by side per sample) to the trainer's first
+    TensorBoard logger at the current global step; nothing without one.
+
+    Images (``T == 1``) become one grid under ``tag``; clips a video under ``tag`` when ``moviepy`` is installed
+    (TensorBoard's ``add_video`` needs it), otherwise one frame strip per sample under ``tag/<i>``
+    (see :func:`media_panels`).
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if logger is None:
+        return
+    writer = logger.experiment
+    video = importlib.util.find_spec("moviepy") is not None
+    for key, value in media_panels(tensors, max_samples, video=video).items():
+        if value.dim() == 5:
+            writer.add_video(f"{tag}{key}", value, trainer.global_step, fps=fps)
+        else:
+            writer.add_image(f"{tag}{key}", value, trainer.global_step)
 
 
 def media_panels(tensors: Sequence[Tensor], max_samples: int = 4, video: bool = False) -> dict[str, Tensor]:
@@ -504,4 +515,4 @@ class StepTimer(Callback):
         pl_module.log("train/step_time", self._batch_end - self._batch_start, on_step=True, on_epoch=False)
 
 
-__all__ = ["EMA", "MediaLogger", "StepTimer", "media_panels"]
+__all__ = ["EMA", "MediaLogger", "StepTimer", "log_media", "media_panels"]

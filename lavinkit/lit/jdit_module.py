@@ -41,6 +41,7 @@ from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, enco
 from lavinkit.lit.utils import (
     VALIDATION_PENDING_KEY,
     NonfiniteSteps,
+    attached_trainer,
     batch_keys,
     build_init_arg,
     checkpoint_validation_pending,
@@ -103,7 +104,8 @@ class JDiTModule(LightningModule):
             validation flow loss is always computed).
         test_samples_per_task: sampled examples per task in ``lavinkit test`` (``None``: every test example).
         sample_seed: seed of the sampling noise (the same examples get the same noise every epoch).
-        log_images: sampled examples per task written to TensorBoard as ``query | prediction | target`` rows.
+        log_images: sampled examples per task written to TensorBoard as ``query | prediction | target`` rows
+            (tag ``<stage>/<task>``; clips as a video, or frame strips ``<stage>/<task>/<i>`` without moviepy).
     """
 
     def __init__(
@@ -183,7 +185,7 @@ class JDiTModule(LightningModule):
         self.log_images = int(log_images)
         self._scores: dict[str, dict[str, list[float]]] = {}
         self._seen: dict[str, int] = {}
-        self._images: dict[str, list[Tensor]] = {}
+        self._images: dict[str, list[Tensor]] = {}  # per task: [3 (query, prediction, target), 3, T, H, W]
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -234,7 +236,7 @@ class JDiTModule(LightningModule):
         return self.dit
 
     def setup(self, stage: str) -> None:
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             from lavinkit.lit.parallel import check_jdit_strategy
 
             check_jdit_strategy(
@@ -317,7 +319,7 @@ class JDiTModule(LightningModule):
         terms = self.flow_loss(batch, dropout=self.context_dropout)
         b = terms["t"].shape[0]
         finite = bool(torch.isfinite(terms["loss"]))
-        if self._trainer is not None:
+        if attached_trainer(self) is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)  # skip on all ranks or none
         if not finite:
             self.log("train/nonfinite_steps", float(self.nonfinite.total + 1), batch_size=b)
@@ -328,7 +330,7 @@ class JDiTModule(LightningModule):
         self.log("train/mse", terms["mse"], batch_size=b)
         self.log("train/l1", terms["l1"], batch_size=b)
         self.log("train/num_context", float(batch.get("num_context", 0)), batch_size=b)
-        if self._trainer is not None and self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+        if attached_trainer(self) is not None and self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             # learned scalars of the attention plug-ins, e.g. Infini-attention's per-head memory gates
             for name, value in self.dit.attention_metrics().items():
                 self.log(f"attention/{name}", value, batch_size=b)
@@ -400,7 +402,7 @@ class JDiTModule(LightningModule):
         for j, i in enumerate(rows):
             shown = self._images.setdefault(tasks[i], [])
             if len(shown) < self.log_images:
-                shown.append(torch.stack([query_px[j, :, 0], pred_px[j, :, 0], target_px[j, :, 0]]).cpu())
+                shown.append(torch.stack([query_px[j], pred_px[j], target_px[j]]).cpu())
 
     def _score(self, pred: Tensor, target: Tensor, tasks: list[str]) -> None:
         """Per-sample PSNR / SSIM in pixel space (``[b, 3, T, H, W]`` in [-1, 1]; frames scored as images)."""
@@ -476,19 +478,13 @@ class JDiTModule(LightningModule):
         return table
 
     def _log_images(self, stage: str) -> None:
-        """One ``query | prediction | target`` grid per task, drawn by the grid helper of the media logger
-        (:func:`lavinkit.lit.callbacks.media_panels`) that lays out the ST-VAE's reconstructions too."""
-        logger = self.logger
-        experiment = getattr(logger, "experiment", None) if logger is not None else None
-        if experiment is None or not hasattr(experiment, "add_image") or not self._images:
-            return
-        from lavinkit.lit.callbacks import media_panels
+        """``query | prediction | target`` rows per task under ``<stage>/<task>``, through the media path the
+        ST-VAE's reconstructions take too (:func:`lavinkit.lit.callbacks.log_media`)."""
+        from lavinkit.lit.callbacks import log_media
 
         for task, rows in sorted(self._images.items()):
-            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, H, W]
-            columns = [tiles[:, k].unsqueeze(2) for k in range(3)]  # 3 x [n, 3, 1, H, W]
-            grid = media_panels(columns, max_samples=len(rows))[""]
-            experiment.add_image(f"{stage}/{task}", grid, global_step=self.global_step)
+            tiles = torch.stack(rows)  # [n, 3 (query, prediction, target), 3, T, H, W]
+            log_media(self.trainer, f"{stage}/{task}", [tiles[:, k] for k in range(3)], max_samples=len(rows))
 
     def on_validation_epoch_start(self) -> None:
         self._reset_eval()
@@ -532,13 +528,13 @@ class JDiTModule(LightningModule):
         block = checkpoint.setdefault("lavinkit", {})
         block.update(kind="jdit", config=self.dit_config.to_dict(), prefix="dit.", vae=self.vae_path,
                      nonfinite=self.nonfinite.state_dict())
-        block[VALIDATION_PENDING_KEY] = validation_pending(self._trainer)
+        block[VALIDATION_PENDING_KEY] = validation_pending(attached_trainer(self))
         block.setdefault("ema_state_dict", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         block = checkpoint.get("lavinkit") or {}
         self.nonfinite.load_state_dict(block.get("nonfinite") or {})
-        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, attached_trainer(self))
 
     def on_train_start(self) -> None:
         # a checkpoint written on a batch whose validation had not run yet: run it now (Lightning would skip it)

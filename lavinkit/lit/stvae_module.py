@@ -44,6 +44,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from lavinkit.lit.utils import (
     VALIDATION_PENDING_KEY,
     NonfiniteSteps,
+    attached_trainer,
     batch_keys,
     build_init_arg,
     check_manual_optimization_strategy,
@@ -427,7 +428,7 @@ class STVAEModule(pl.LightningModule):
         block = checkpoint.setdefault(LAVINKIT_KEY, {})
         block.update({"kind": KIND, "config": self.vae.config.to_dict(), "prefix": PREFIX,
                       "nonfinite": self.nonfinite.state_dict(),
-                      VALIDATION_PENDING_KEY: validation_pending(self._trainer)})
+                      VALIDATION_PENDING_KEY: validation_pending(attached_trainer(self))})
         block.setdefault("ema_state_dict", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -438,7 +439,7 @@ class STVAEModule(pl.LightningModule):
             )
         if block is not None:
             self.nonfinite.load_state_dict(block.get("nonfinite") or {})
-        self._validate_on_resume = checkpoint_validation_pending(checkpoint, self._trainer)
+        self._validate_on_resume = checkpoint_validation_pending(checkpoint, attached_trainer(self))
         if block is not None and self.measure_latent_stats:
             saved = block.get("config", {})
             if "latent_shift" in saved and "latent_scale" in saved:

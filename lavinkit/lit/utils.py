@@ -114,6 +114,17 @@ def batch_keys(batch: Any) -> list[str]:
 VALIDATION_PENDING_KEY = "validation_pending"
 
 
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The Trainer ``module`` is attached to, or ``None`` (a module used on its own, e.g. in a notebook).
+
+    ``LightningModule.trainer`` raises when no Trainer is attached; this asks it without reading private state.
+    """
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
+
+
 def validation_pending(trainer: pl.Trainer | None) -> bool:
     """True while ``trainer`` is between training a batch after which validation is due and running that validation:
     in ``on_train_batch_end``, where ``ModelCheckpoint(every_n_train_steps=...)`` saves (on an epoch's last batch

@@ -47,7 +47,7 @@ for entry in "${VARIANTS[@]}"; do
     echo "== $name: $overrides"
     "$LAVINKIT" fit --config recipes/ablation/attention.yaml \
         --model.init_args.dit_overrides "$overrides" \
-        --trainer.default_root_dir "$out" --trainer.logger.init_args.name "$name" "${STEP_ARGS[@]}" ${EXTRA_FIT_ARGS:-}
+        --trainer.default_root_dir "$out" "${STEP_ARGS[@]}" ${EXTRA_FIT_ARGS:-}
     "$LAVINKIT" eval --checkpoint "$out/checkpoints/last.ckpt" --task-folder demo_data/tasks \
         --tasks "[colorization, denoising, super_resolution, inpainting, edge_detection, horizontal_flip]" \
         --queries-per-task "${QUERIES:-4}" --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \

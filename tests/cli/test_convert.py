@@ -110,3 +110,19 @@ def test_help(capsys):
         main(["convert", "--help"])
     assert exc.value.code == 0
     assert "--official_kwargs" in capsys.readouterr().out
+
+
+def test_progress_bar_follows_the_source_bytes(tmp_path, capsys):
+    """The bar (on by default) counts the source file's bytes to 100 % with an ETA; ``--progress false`` hides it."""
+    src = PARITY / "jdit_weights.safetensors"
+    size = src.stat().st_size
+    assert main(["convert", str(src), str(tmp_path / "a.safetensors"), "--kind", "jdit", "--official_kwargs", JDIT_KW]) == 0
+    err = _err(capsys)
+    bar = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("lavinkit convert:")]
+    assert bar and "100%" in bar[-1] and "<" in bar[-1], err  # elapsed<remaining: tqdm's ETA
+    from tqdm import tqdm
+
+    assert tqdm.format_sizeof(size, divisor=1024) in bar[-1]  # the whole file, in the bar's unit
+    assert main(["convert", str(src), str(tmp_path / "b.safetensors"), "--kind", "jdit", "--official_kwargs", JDIT_KW,
+                 "--progress", "false"]) == 0
+    assert "lavinkit convert:" not in _err(capsys).replace("lavinkit convert: error", "")

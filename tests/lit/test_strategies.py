@@ -150,15 +150,10 @@ TRAINER_FRAGMENTS = sorted((ROOT / "recipes" / "trainer").glob("*.yaml"))
 @pytest.mark.parametrize("fragment", TRAINER_FRAGMENTS, ids=lambda p: p.stem)
 def test_strategy_fragments_compose_with_jdit_recipes(fragment):
     """Every strategy fragment composes with a J-DiT recipe (parsed, not instantiated: GPU strategies)."""
-    from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lavinkit.cli import build_cli
 
-    class ParseOnly(LightningCLI):
-        def instantiate_classes(self) -> None:
-            pass
-
-    cli = ParseOnly(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                    args=["--config", str(ROOT / "recipes/jdit/jdit_1b.yaml"), "--config", str(fragment)], run=False)
+    cli = build_cli(["--config", str(ROOT / "recipes/jdit/jdit_1b.yaml"), "--config", str(fragment)],
+                    instantiate=False)
     strategy = cli.config.trainer.strategy
     assert strategy.class_path.rsplit(".", 1)[-1] in {"DDPStrategy", "FSDPStrategy", "ModelParallelStrategy",
                                                       "DeepSpeedStrategy"}
