@@ -14,7 +14,7 @@ What a call does (official order; flow convention in ``lavinkit.flow.path``):
 2. The context is the latents in time order ``[in_1, tgt_1, ..., in_k, tgt_k, query]`` (concatenated
    along latent time); the null context for guidance is ``[zeros frame, query]`` (``lavinkit.flow.guidance``).
 3. Noise ``[B, C, t_query, h, w]`` is integrated from t = 0 to t = 1 with the chosen sampler, grid and
-   guidance (one batched forward per step by default).
+   guidance (one batched forward per step when that pads nothing, else two; see ``lavinkit.flow.guidance``).
 4. The latent is denormalised and decoded; images are ``(x / 2 + 0.5).clamp(0, 1)``, optionally turned into
    uint8 by rounding or by the official truncation.
 
@@ -165,7 +165,8 @@ class InContextPipeline:
         num_steps: grid points (official ``--timesteps``; Euler makes ``num_steps - 1`` evaluations).
         grid: ``"official"`` (20/30/40 only), ``"uniform"``, ``"shifted"`` or a ``TimeGrid``.
         guidance_scale: CFG scale (1.0 = no guidance, a single conditional forward per step).
-        guidance_mode: ``"batched"`` (one forward with the padded null context) or ``"two_pass"`` (official).
+        guidance_mode: ``"auto"`` (batched unless that pads the null context; see ``lavinkit.flow.guidance``),
+            ``"batched"`` (one forward with the padded null context) or ``"two_pass"`` (official).
         encode_mode: ``"sample"`` (official: posterior sample) or ``"mean"``.
         device: where the models run (default: CUDA when available, else CPU).
         dtype: J-DiT compute dtype (default bf16 on CUDA, float32 on CPU).
@@ -187,7 +188,7 @@ class InContextPipeline:
         num_steps: int = 20,
         grid: str | TimeGrid = "official",
         guidance_scale: float = 1.5,
-        guidance_mode: GuidanceMode = "batched",
+        guidance_mode: GuidanceMode = "auto",
         encode_mode: EncodeMode = "sample",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,

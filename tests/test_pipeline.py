@@ -99,8 +99,9 @@ def test_batched_guidance_matches_two_pass_end_to_end(tiny_models):
     vae, dit = tiny_models
     query, pairs = _image_inputs()
     outs = [InContextPipeline(vae, dit, num_steps=5, grid="uniform", device="cpu", guidance_mode=m)(query, pairs, seed=1)
-            for m in ("batched", "two_pass")]
+            for m in ("batched", "two_pass", "auto")]
     torch.testing.assert_close(outs[0].latent, outs[1].latent, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outs[2].latent, outs[1].latent, atol=1e-4, rtol=1e-4)
 
 
 def test_video_query_encodes_whole_clips(tiny_models):

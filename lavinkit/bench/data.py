@@ -11,7 +11,8 @@ Both decode the same number of pairs per batch; ``overhead = plain pairs/s / gro
 The grouping step alone is also timed on pre-read pairs (``group us/pair``; ``group share`` = that time
 as a fraction of a plain pair's CPU time): on a noisy machine it is the precise figure for the cost of
 grouping, while the end-to-end overhead carries the run-to-run noise.
-Numbers are medians over ``--repeats`` runs of ``--batches`` batches each, after 3 warm-up batches
+Numbers are medians, with their spread (10th to 90th percentile), over ``--repeats`` runs (default 7) of at
+least ``--batches`` batches and ``--min-seconds`` seconds each (default 1 s), after 3 warm-up batches
 (worker start-up is not timed), per wall-clock second and per CPU second of the main process plus
 its workers (the second is the figure to compare on a machine shared with other jobs). Without ``--images``/``--clips`` a demo set (64x64 png pairs,
 17-frame 64x64 mp4 clips) is built in a temporary folder with :func:`lavinkit.data.demo.build_demo`.
@@ -96,8 +97,11 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def _time(dataset, workers: int, batches: int, pairs_per_batch: int, video: bool) -> tuple[float, float]:
-    """``(pairs per wall second, pairs per CPU second)`` over ``batches`` batches after 3 warm-up batches.
+def _time(
+    dataset, workers: int, batches: int, pairs_per_batch: int, video: bool, min_seconds: float = 0.0
+) -> tuple[float, float]:
+    """``(pairs per wall second, pairs per CPU second)`` over at least ``batches`` batches and ``min_seconds``
+    seconds, after 3 warm-up batches (the streams are endless).
 
     CPU seconds add the main process and the loader's workers: on a shared machine the wall-clock rate
     follows the load of other processes, the CPU rate much less.
@@ -118,15 +122,24 @@ def _time(dataset, workers: int, batches: int, pairs_per_batch: int, video: bool
         next(it)
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
     cpu0, start = _cpu_seconds(pids), time.perf_counter()
-    for _ in range(batches):
+    done = 0
+    while done < batches or time.perf_counter() - start < min_seconds:
         batch = next(it)
         n = batch["input"].shape[0] * (batch["input"].shape[1] if batch["input"].ndim == 6 else 1)
         assert n == pairs_per_batch, (n, pairs_per_batch)
+        done += 1
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds(pids) - cpu0
     del it
-    pairs = batches * pairs_per_batch
+    pairs = done * pairs_per_batch
     # /proc counts CPU time in clock ticks (10 ms): too short a run has no CPU figure
     return pairs / elapsed, (pairs / cpu if cpu >= 0.05 else float("nan"))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentile (interpolated), min and max of ``values``."""
+    vs = sorted(values)
+    p10, p90 = (statistics.quantiles(vs, n=10, method="inclusive")[::8] if len(vs) > 1 else (vs[0], vs[0]))
+    return {"median": statistics.median(vs), "p10": p10, "p90": p90, "min": vs[0], "max": vs[-1], "n": len(vs)}
 
 
 def grouping_cost_us(urls: list[str], *, k: int, max_pairs: int = 4000) -> float:
@@ -159,7 +172,8 @@ def run(
     num_context: int = 2,
     batches: int = 20,
     clip_batches: int = 10,
-    repeats: int = 3,
+    repeats: int = 7,
+    min_seconds: float = 1.0,
     seed: int = 0,
     shuffle: int = 1000,
     demo_dir: str | None = None,
@@ -210,10 +224,11 @@ def run(
                 # alternate which one runs first: no systematic order effect in the medians
                 for name in ("grouped", "plain") if r % 2 == 0 else ("plain", "grouped"):
                     if name == "grouped":
-                        grouped.append(_time(stream, w, n_batches, ppb, modality == "video"))
+                        grouped.append(_time(stream, w, n_batches, ppb, modality == "video", min_seconds))
                     else:
-                        plain.append(_time(plain_stream, w, n_batches, ppb, modality == "video"))
-            g, p = statistics.median(x for x, _ in grouped), statistics.median(x for x, _ in plain)
+                        plain.append(_time(plain_stream, w, n_batches, ppb, modality == "video", min_seconds))
+            gs, ps = spread([x for x, _ in grouped]), spread([x for x, _ in plain])
+            g, p = gs["median"], ps["median"]
             gc, pc = statistics.median(x for _, x in grouped), statistics.median(x for _, x in plain)
             row = {
                 "kind": modality,
@@ -221,7 +236,14 @@ def run(
                 "batch": f"{bs}x{num_context + 1}",
                 "grouped_batches_s": g / ppb,
                 "grouped_pairs_s": g,
+                "grouped_pairs_s_p10": gs["p10"],
+                "grouped_pairs_s_p90": gs["p90"],
                 "plain_pairs_s": p,
+                "plain_pairs_s_p10": ps["p10"],
+                "plain_pairs_s_p90": ps["p90"],
+                "repeats": repeats,
+                "grouped_pairs_s_all": [x for x, _ in grouped],
+                "plain_pairs_s_all": [x for x, _ in plain],
                 "overhead": p / g - 1.0,
                 "grouped_pairs_cpu_s": gc,
                 "plain_pairs_cpu_s": pc,
@@ -239,9 +261,11 @@ def run(
 
 
 def format_rows(rows: list[dict], header: bool = True) -> str:
-    """A text table: wall-clock rates, then the same per CPU second (main process + workers)."""
+    """A text table: wall-clock rates (median, p10-p90 over the repeats), then the medians per CPU second (main
+    process + workers)."""
     head = (
-        f"{'kind':<6} {'workers':>7} {'batch BxN':>10} {'batches/s':>10} {'pairs/s':>9} {'plain pairs/s':>14} "
+        f"{'kind':<6} {'workers':>7} {'batch BxN':>10} {'batches/s':>10} {'pairs/s':>9} {'p10-p90':>11} "
+        f"{'plain pairs/s':>14} {'p10-p90':>11} "
         f"{'overhead':>9} {'pairs/cpu-s':>12} {'plain/cpu-s':>12} {'overhead':>9} {'group us/pair':>14} "
         f"{'group share':>12}"
     )
@@ -249,7 +273,9 @@ def format_rows(rows: list[dict], header: bool = True) -> str:
     for r in rows:
         lines.append(
             f"{r['kind']:<6} {r['workers']:>7} {r['batch']:>10} {r['grouped_batches_s']:>10.1f} "
-            f"{r['grouped_pairs_s']:>9.0f} {r['plain_pairs_s']:>14.0f} {r['overhead']:>+9.1%} "
+            f"{r['grouped_pairs_s']:>9.0f} {r['grouped_pairs_s_p10']:>5.0f}-{r['grouped_pairs_s_p90']:<5.0f} "
+            f"{r['plain_pairs_s']:>14.0f} {r['plain_pairs_s_p10']:>5.0f}-{r['plain_pairs_s_p90']:<5.0f} "
+            f"{r['overhead']:>+9.1%} "
             f"{r['grouped_pairs_cpu_s']:>12.0f} {r['plain_pairs_cpu_s']:>12.0f} {r['overhead_cpu']:>+9.1%} "
             f"{r['grouping_us_per_pair']:>14.2f} {r['grouping_share']:>12.2%}"
         )
@@ -271,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-context", "--num_context", type=int, default=2, help="k context pairs (N = k + 1 per example)")
     parser.add_argument("--batches", type=int, default=20, help="timed image batches per repeat")
     parser.add_argument("--clip-batches", "--clip_batches", type=int, default=10, help="timed clip batches per repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="repeats (median and p10-p90 reported)")
+    parser.add_argument("--min-seconds", "--min_seconds", type=float, default=1.0,
+                        help="each repeat reads batches for at least this long")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shuffle", type=int, default=1000, help="sample shuffle buffer")
     parser.add_argument("--demo-dir", "--demo_dir", type=str | None, default=None, help="build/reuse the demo set here")

@@ -6,7 +6,8 @@ counts (SwiGLU ~8/3 D vs GELU 4 D) and QK RMSNorm on both. ``--kv_group 1`` (def
 multi-head attention; the official model uses GQA (``--kv_group 4``).
 
 Reported (medians over ``--steps``): forward+backward train step of each model and the ratio
-lavinkit/diffusers; guided sampling step with one batched pass (``context_lengths``) vs two passes;
+lavinkit/diffusers; a guided sampling step in each guidance mode (one batched pass with ``context_lengths``,
+two passes, ``auto``) for a few context lengths (``--cfg_context_frames``, each with median, p10 and p90);
 FLOPs per step and, on CUDA, MFU (design.md s.6). Example::
 
     lavinkit bench jdit --hidden 384 --depth 4 --heads 8 --latent 16 --context_frames 3 --batch 2
@@ -15,39 +16,16 @@ FLOPs per step and, on CUDA, MFU (design.md s.6). Example::
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
+from lavinkit.bench.flops import jdit_flops, jdit_model_flops, per_token_params  # noqa: F401 (re-exported)
 from lavinkit.bench.peaks import PEAK_BF16_FLOPS, mfu, peak_flops  # noqa: F401 (re-exported)
-from lavinkit.models.jdit import JDiT, JDiTConfig, cfg_batch, null_context
-
-
-
-def per_token_params(config: JDiTConfig) -> int:
-    """Matmul parameters one token passes through (design.md s.6): one stream's q/k/v/out and SwiGLU
-    per block, plus the patch embedding and the output projection. Excludes modulation, timestep MLP,
-    type embeddings, norms and biases (they act per sample or are not matmuls)."""
-    d, hd, f = config.hidden_size, config.head_dim, config.mlp_width
-    attn = d * config.num_heads * hd * 2 + d * config.num_kv_heads * hd * 2  # q, out + k, v
-    mlp = 3 * d * f
-    return config.depth * (attn + mlp) + 2 * config.patch_dim * d
-
-
-def jdit_flops(config: JDiTConfig, seq_lens: Sequence[int], training: bool = True) -> float:
-    """FLOPs of one step over samples with joint sequence lengths ``seq_lens`` (context + target tokens), counting
-    every block as a full dual-stream block (an upper bound: :func:`lavinkit.bench.train.jdit_model_flops` counts
-    the last block as it runs and is what the benchmarks report).
-
-    ``6 * N_tok * sum(S) + 12 * depth * d * sum(S^2)`` for training (forward + backward, no
-    recomputation counted); ``2 * ... + 4 * ...`` for a forward pass. ``d = num_heads * head_dim``.
-    """
-    dense, attn = (6, 12) if training else (2, 4)
-    d = config.num_heads * config.head_dim
-    return float(dense * per_token_params(config) * sum(seq_lens) + attn * config.depth * d * sum(s * s for s in seq_lens))
+from lavinkit.flow.guidance import guided_velocity, padding_fraction, resolve_mode
+from lavinkit.models.jdit import JDiT, JDiTConfig
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -64,19 +42,63 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], steps: int, warmup: int, device: torch.device
 ) -> dict[str, dict[str, float]]:
-    """Median wall and process-CPU time of each function, called in alternation so that all see the
-    same machine load. CPU time is the steadier figure on a shared CPU machine (it excludes time spent
-    waiting for cores); wall time is what a user sees."""
+    """Median wall and process-CPU time of each function, with their 10th and 90th percentiles
+    (``wall_s``, ``wall_p10_s``, ``wall_p90_s``, ``cpu_s``, ``cpu_p10_s``, ``cpu_p90_s``), called in alternation
+    so that all see the same machine load. CPU time is the steadier figure on a shared CPU machine (it excludes
+    time spent waiting for cores); wall time is what a user sees."""
+    from lavinkit.bench.train import summarize
+
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for i in range(warmup + steps):
         for name, fn in fns.items():
             sample = _timed(fn, device)
             if i >= warmup:
                 times[name].append(sample)
-    return {
-        name: {"wall_s": statistics.median(w for w, _ in v), "cpu_s": statistics.median(c for _, c in v)}
-        for name, v in times.items()
-    }
+    out = {}
+    for name, v in times.items():
+        wall, cpu = summarize([w for w, _ in v]), summarize([c for _, c in v])
+        out[name] = {"wall_s": wall["median_s"], "wall_p10_s": wall["p10_s"], "wall_p90_s": wall["p90_s"],
+                     "cpu_s": cpu["median_s"], "cpu_p10_s": cpu["p10_s"], "cpu_p90_s": cpu["p90_s"]}
+    return out
+
+
+def cfg_rows(
+    model: JDiT, batch: int, latent: int, context_frames: Sequence[int], steps: int, warmup: int,
+    device: torch.device, dtype: torch.dtype, scale: float = 1.5,
+) -> list[dict]:
+    """One guided velocity evaluation (what a sampling step costs) in each guidance mode, per context length.
+
+    For each ``Tc`` in ``context_frames`` (image query and answer: ``Tc = 2 k + 1`` for ``k`` pairs) the modes
+    ``batched``, ``two_pass`` and ``auto`` run :func:`lavinkit.flow.guidance.guided_velocity` on the same
+    ``x [batch, 16, 1, latent, latent]``, interleaved. Each row holds the padding share of the batched pass,
+    the mode ``auto`` chose, every mode's timing (median, p10, p90; wall and process CPU) and the ratios of the
+    medians to two passes."""
+    rows = []
+    for tc in context_frames:
+        g = torch.Generator().manual_seed(tc)
+        x = torch.randn(batch, 16, 1, latent, latent, generator=g).to(device, dtype)
+        ctx = torch.randn(batch, 16, tc, latent, latent, generator=g).to(device, dtype)
+        t = torch.rand(batch, generator=g).to(device, dtype)
+
+        def step(mode: str) -> Callable[[], torch.Tensor]:
+            @torch.no_grad()
+            def fn():
+                return guided_velocity(model, x, t, ctx, scale=scale, mode=mode)
+
+            return fn
+
+        timings = interleaved_medians({mode: step(mode) for mode in ("batched", "two_pass", "auto")}, steps, warmup,
+                                      device)
+        two = timings["two_pass"]
+        rows.append({
+            "context_frames": tc, "pairs": max(tc - 1, 0) // 2, "padding_fraction": padding_fraction(tc),
+            "auto_runs": resolve_mode("auto", tc), **{mode: timings[mode] for mode in timings},
+            "ratio_batched_over_two_pass": timings["batched"]["wall_s"] / two["wall_s"],
+            "ratio_auto_over_two_pass": timings["auto"]["wall_s"] / two["wall_s"],
+            "ratio_batched_over_two_pass_cpu": timings["batched"]["cpu_s"] / two["cpu_s"],
+            "ratio_auto_over_two_pass_cpu": timings["auto"]["cpu_s"] / two["cpu_s"],
+        })
+    return rows
 
 
 def _train_step(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -107,6 +129,7 @@ def run(
     hidden: int = 384, depth: int = 4, heads: int = 8, kv_group: int = 1, latent: int = 16,
     context_frames: int = 3, batch: int = 2, steps: int = 10, warmup: int = 2, device: str = "cpu",
     dtype: str = "float32", compare: bool = True, attention: str = "sdpa", threads: int | None = None,
+    cfg_context_frames: Sequence[int] = (3, 9, 17), train: bool = True,
 ) -> dict:
     """Run the benchmark and return the figures (see module docstring)."""
     dev = torch.device(device)
@@ -132,55 +155,36 @@ def run(
                    "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads()},
         "params": {"lavinkit": sum(p.numel() for p in ours.parameters())},
     }
-    from lavinkit.bench.train import jdit_model_flops
-
-    # the last block computes only keys/values for context tokens (jdit_flops would count it as a full block)
     flops = jdit_model_flops(cfg, context_frames * tokens_per_frame, tokens_per_frame, batch)
     result["train_flops_per_step"] = flops
-    steps_to_time = {"lavinkit": _train_step(ours, lambda: ours(x, t, ctx))}
-    if compare:
-        sd3 = build_diffusers_sd3(hidden, depth, heads, latent, dev, torch_dtype).train()
-        result["params"]["diffusers_sd3"] = sum(p.numel() for p in sd3.parameters())
-        enc = torch.randn(batch, context_frames * tokens_per_frame, hidden, device=dev, dtype=torch_dtype)
-        pooled = torch.randn(batch, hidden, device=dev, dtype=torch_dtype)
-        img = x[:, :, 0]
+    if train:
+        steps_to_time = {"lavinkit": _train_step(ours, lambda: ours(x, t, ctx))}
+        if compare:
+            sd3 = build_diffusers_sd3(hidden, depth, heads, latent, dev, torch_dtype).train()
+            result["params"]["diffusers_sd3"] = sum(p.numel() for p in sd3.parameters())
+            enc = torch.randn(batch, context_frames * tokens_per_frame, hidden, device=dev, dtype=torch_dtype)
+            pooled = torch.randn(batch, hidden, device=dev, dtype=torch_dtype)
+            img = x[:, :, 0]
 
-        def sd3_forward():
-            return sd3(hidden_states=img, encoder_hidden_states=enc, pooled_projections=pooled,
-                       timestep=t * 1000, return_dict=False)[0]
+            def sd3_forward():
+                return sd3(hidden_states=img, encoder_hidden_states=enc, pooled_projections=pooled,
+                           timestep=t * 1000, return_dict=False)[0]
 
-        steps_to_time["diffusers"] = _train_step(sd3, sd3_forward)
-    medians = interleaved_medians(steps_to_time, steps, warmup, dev)
-    result["lavinkit_train_step_s"] = medians["lavinkit"]["wall_s"]
-    result["lavinkit_train_tokens_per_s"] = batch * seq / result["lavinkit_train_step_s"]
-    result["lavinkit_train_step_cpu_s"] = medians["lavinkit"]["cpu_s"]
-    if compare:
-        result["diffusers_train_step_s"] = medians["diffusers"]["wall_s"]
-        result["diffusers_train_step_cpu_s"] = medians["diffusers"]["cpu_s"]
-        result["ratio_lavinkit_over_diffusers"] = medians["lavinkit"]["wall_s"] / medians["diffusers"]["wall_s"]
-        result["ratio_lavinkit_over_diffusers_cpu"] = medians["lavinkit"]["cpu_s"] / medians["diffusers"]["cpu_s"]
-        del sd3, steps_to_time
+            steps_to_time["diffusers"] = _train_step(sd3, sd3_forward)
+        medians = interleaved_medians(steps_to_time, steps, warmup, dev)
+        result["lavinkit_train_step_s"] = medians["lavinkit"]["wall_s"]
+        result["lavinkit_train_tokens_per_s"] = batch * seq / result["lavinkit_train_step_s"]
+        result["lavinkit_train_step_cpu_s"] = medians["lavinkit"]["cpu_s"]
+        if compare:
+            result["diffusers_train_step_s"] = medians["diffusers"]["wall_s"]
+            result["diffusers_train_step_cpu_s"] = medians["diffusers"]["cpu_s"]
+            result["ratio_lavinkit_over_diffusers"] = medians["lavinkit"]["wall_s"] / medians["diffusers"]["wall_s"]
+            result["ratio_lavinkit_over_diffusers_cpu"] = medians["lavinkit"]["cpu_s"] / medians["diffusers"]["cpu_s"]
+            del sd3, steps_to_time
 
     ours.eval()
-    batched_inputs = cfg_batch(x, t, ctx)
-    null = null_context(ctx)
-
-    @torch.no_grad()
-    def one_pass():
-        c, u = ours(*batched_inputs).chunk(2)
-        return u + 1.5 * (c - u)
-
-    @torch.no_grad()
-    def two_passes():
-        c, u = ours(x, t, ctx), ours(x, t, null)
-        return u + 1.5 * (c - u)
-
-    cfg_medians = interleaved_medians({"one": one_pass, "two": two_passes}, steps, warmup, dev)
-    result["cfg_step_one_batched_pass_s"] = cfg_medians["one"]["wall_s"]
-    result["cfg_step_two_passes_s"] = cfg_medians["two"]["wall_s"]
-    result["cfg_step_one_batched_pass_cpu_s"] = cfg_medians["one"]["cpu_s"]
-    result["cfg_step_two_passes_cpu_s"] = cfg_medians["two"]["cpu_s"]
-    if dev.type == "cuda":
+    result["cfg"] = cfg_rows(ours, batch, latent, cfg_context_frames, steps, warmup, dev, torch_dtype)
+    if dev.type == "cuda" and train:
         peak = peak_flops(torch.cuda.get_device_name(dev))
         if peak is not None:
             result["mfu_train"] = mfu(flops, result["lavinkit_train_step_s"], peak)
@@ -206,7 +210,10 @@ def build_parser():
     parser.add_argument("--dtype", type=str, default="float32", help="float32 or bfloat16")
     parser.add_argument("--attention", type=str, default="sdpa", help="lavinkit attention backend name")
     parser.add_argument("--threads", type=int | None, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--train", type=bool, default=True, help="time the train step (false: only the CFG rows)")
     parser.add_argument("--compare", type=bool, default=True, help="also time diffusers' SD3Transformer2DModel")
+    parser.add_argument("--cfg-context-frames", "--cfg_context_frames", type=list[int], default=[3, 9, 17],
+                        help="context frames of the CFG rows (2k + 1 for k pairs); [] skips them")
     parser.add_argument("--json", type=str | None, default=None, help="also write the figures to this JSON file")
     return parser
 
@@ -220,21 +227,33 @@ def main(argv: Sequence[str]) -> int:
         hidden=args.hidden, depth=args.depth, heads=args.heads, kv_group=args.kv_group, latent=args.latent,
         context_frames=args.context_frames, batch=args.batch, steps=args.steps, warmup=args.warmup,
         device=args.device, dtype=args.dtype, compare=args.compare, attention=args.attention,
-        threads=args.threads,
+        threads=args.threads, cfg_context_frames=args.cfg_context_frames, train=args.train,
     )
     def ms(key: str) -> str:
         return f"{result[key] * 1e3:.1f} ms wall, {result[key[:-2] + '_cpu_s'] * 1e3:.1f} ms CPU"
 
     lines = [f"config: {result['config']}", f"params: {result['params']}",
-             f"train step (fwd+bwd) lavinkit: {ms('lavinkit_train_step_s')}"]
+             f"train FLOPs/step: {result['train_flops_per_step']:.3e}"]
+    if "lavinkit_train_step_s" in result:
+        lines += [f"train step (fwd+bwd) lavinkit: {ms('lavinkit_train_step_s')}",
+                  f"train tokens/s lavinkit: {result['lavinkit_train_tokens_per_s']:.0f}"]
     if "diffusers_train_step_s" in result:
         lines += [f"train step (fwd+bwd) diffusers SD3: {ms('diffusers_train_step_s')}",
                   f"ratio lavinkit / diffusers: {result['ratio_lavinkit_over_diffusers']:.3f} wall, "
                   f"{result['ratio_lavinkit_over_diffusers_cpu']:.3f} CPU"]
-    lines += [f"CFG step, one batched pass: {ms('cfg_step_one_batched_pass_s')}",
-              f"CFG step, two passes: {ms('cfg_step_two_passes_s')}",
-              f"train FLOPs/step: {result['train_flops_per_step']:.3e}",
-              f"train tokens/s lavinkit: {result['lavinkit_train_tokens_per_s']:.0f}"]
+    if result["cfg"]:
+        def spread(row: dict, mode: str) -> str:
+            m = row[mode]
+            return f"{m['wall_s'] * 1e3:.1f} [{m['wall_p10_s'] * 1e3:.1f}-{m['wall_p90_s'] * 1e3:.1f}]"
+
+        lines.append("CFG step (scale 1.5), wall ms median [p10-p90]; ratios to two passes (wall / CPU):")
+        for row in result["cfg"]:
+            lines.append(
+                f"  context {row['context_frames']} frames ({row['pairs']} pairs, {row['padding_fraction']:.0%} padded): "
+                f"batched {spread(row, 'batched')}, two passes {spread(row, 'two_pass')}, "
+                f"auto ({row['auto_runs']}) {spread(row, 'auto')}; batched/two {row['ratio_batched_over_two_pass']:.2f}"
+                f" / {row['ratio_batched_over_two_pass_cpu']:.2f}, auto/two {row['ratio_auto_over_two_pass']:.2f}"
+                f" / {row['ratio_auto_over_two_pass_cpu']:.2f}")
     if "mfu_train" in result:
         lines.append(f"MFU (train, bf16 peak {result['peak_flops']:.3e}): {result['mfu_train']:.3f}")
     print("\n".join(lines))

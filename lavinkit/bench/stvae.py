@@ -1,6 +1,6 @@
 """``lavinkit bench stvae``: ST-VAE encode/decode throughput and peak memory on CPU, side by side with
 diffusers' ``AutoencoderKLCogVideoX`` at a matched configuration, plus long-clip decode memory with and
-without temporal chunking.
+without temporal chunking (and its decode time, chunked vs whole clip).
 
 Memory is measured in a fresh subprocess per case and implementation (no pollution by earlier cases). Two peak-memory
 figures: ``rss`` = growth of the process's peak RSS (``resource.getrusage().ru_maxrss``) during the calls over
@@ -102,7 +102,7 @@ def _build(impl: str, preset: str):
         return model, lambda x: model.encode(x).latent_dist.mean, lambda z: model.decode(z).sample
     model = STVAE(cfg).eval()
     if impl == "ours-chunk8":
-        model.enable_chunking(8)
+        model.enable_chunking(8)  # diffusers' chunk boundaries (8 pixel frames = 2 latent frames)
     return model, lambda x: model.encode(x).mean, model.decode
 
 
@@ -125,6 +125,8 @@ def worker_time(case: dict[str, Any]) -> dict[str, Any]:
     fns = {}
     for impl in case["impls"]:
         model, enc, dec = _build(impl, case["preset"])
+        if impl == "ours-chunk8" and case.get("chunk_frames"):
+            model.enable_chunking(case["chunk_frames"])
         inp = _input(case, model.config.latent_channels)
         fns[impl] = (enc if case["op"] == "encode" else dec, inp)
     times: dict[str, list[float]] = {impl: [] for impl in fns}
@@ -229,16 +231,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['peak_rss_delta_mb']:>8.1f}{row['peak_tensor_mb']:>11.1f}{ratio:>20}")
     if not args.skip_long:
         print(f"\nlong-clip decode, preset {args.long_preset!r}, {args.long_size}x{args.long_size}: "
-              f"peak MB (rss, tensors) without / with chunking ({args.chunk_frames} frames)")
+              f"peak MB (rss, tensors) and median s without / with chunking ({args.chunk_frames} frames)")
         for frames in args.long_frames:
             row = []
-            for chunk in (None, args.chunk_frames):
-                case = {**common, "preset": args.long_preset, "impl": "ours", "op": "decode", "frames": frames,
-                        "size": args.long_size, "chunk_frames": chunk}
+            base = {**common, "preset": args.long_preset, "op": "decode", "frames": frames, "size": args.long_size}
+            # both in one process, calls interleaved: the chunked/unchunked time ratio is load-independent
+            times = _subprocess("--worker-time", {**base, "impls": ["ours", "ours-chunk8"], "chunk_frames": args.chunk_frames})
+            for impl, chunk in (("ours", None), ("ours-chunk8", args.chunk_frames)):
+                case = {**base, "impl": "ours", "chunk_frames": chunk}
                 r = _subprocess("--worker-memory", case)
-                results.append({**case, **r})
-                row.append("error" if "error" in r else f"{r['peak_rss_delta_mb']:.0f}, {r['peak_tensor_mb']:.0f}")
-            print(f"  {frames:>3} frames: {row[0]:>12} / {row[1]:>12}")
+                results.append({**case, **r, "median_s": times.get(impl)})
+                row.append("error" if "error" in r or "error" in times else
+                           f"{r['peak_rss_delta_mb']:.0f}, {r['peak_tensor_mb']:.0f}, {times[impl]:.3f} s")
+            ratio = "" if "error" in times else f"  chunked / unchunked time {times['ours-chunk8'] / times['ours']:.2f}"
+            print(f"  {frames:>3} frames: {row[0]:>20} / {row[1]:>20}{ratio}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

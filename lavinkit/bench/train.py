@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from lavinkit.bench.flops import flop_counter_mapping, jdit_model_flops, sample_model_flops  # noqa: F401 (re-exported)
+
 # ----------------------------------------------------------------------------------------------- recipes
 
 
@@ -177,66 +179,7 @@ class SyntheticBatches(torch.utils.data.IterableDataset):
                    "keys": [[f"k{j}" for j in range(n)] for _ in range(b)], "num_context": n - 1}
 
 
-# ----------------------------------------------------------------------------------------------- FLOPs
-
-
-def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
-    """Forward FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu`` (shapes ``[B, H, S, d]``): two
-    matmuls (``Q K^T`` and ``P V``) of 2 FLOPs per multiply-add."""
-    b, h, s_q, d = query
-    s_k, d_v = key[-2], value[-1]
-    return 2 * b * h * s_q * s_k * d + 2 * b * h * s_q * s_k * d_v
-
-
-def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
-    """Backward FLOPs of the CPU flash-attention kernel: four matmuls (dV, dP, dQ, dK), no recomputation counted."""
-    return 2 * _cpu_sdpa_flops(query, key, value)
-
-
-def flop_counter_mapping() -> dict:
-    """Extra ``FlopCounterMode`` formulas for the CPU SDPA kernels (counted as zero by torch otherwise)."""
-    aten = torch.ops.aten
-    mapping = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_sdpa_backward_flops
-    return mapping
-
-
-def jdit_model_flops(config, context_tokens: int, target_tokens: int, samples: int, training: bool = True) -> float:
-    """FLOPs of a J-DiT step by the design brief's formula (s.6), counted per stream.
-
-    Per sample with ``Lc`` context and ``Lx`` target tokens (``S = Lc + Lx``): every block but the last runs each
-    token through its stream's q/k/v/out projections and SwiGLU and attends over ``S^2`` query-key pairs; the last
-    block computes only keys and values for context tokens and ``Lx * S`` attention pairs; the patch embedding
-    touches every token, the output projection only target tokens. Modulation, timestep MLP, norms and biases are
-    excluded. Training = 3x forward (``6 N T + 12 L d S^2``), no recomputation counted.
-    """
-    d, hd, f = config.hidden_size, config.head_dim, config.mlp_width
-    qo = 2 * d * config.num_heads * hd
-    kv = 2 * d * config.num_kv_heads * hd
-    mlp = 3 * d * f
-    s = context_tokens + target_tokens
-    macs = (config.depth - 1) * (qo + kv + mlp) * s  # full blocks
-    macs += (qo + kv + mlp) * target_tokens + kv * context_tokens  # last block
-    macs += config.patch_dim * d * s + d * config.patch_dim * target_tokens  # patch embed, final projection
-    attn_width = config.num_heads * hd
-    attn_macs = 2 * attn_width * ((config.depth - 1) * s * s + target_tokens * s)  # QK^T and PV
-    forward = 2.0 * (macs + attn_macs) * samples
-    return 3.0 * forward if training else forward
-
-
-def sample_model_flops(config, context_tokens: int, target_tokens: int, samples: int, ode_steps: int, *,
-                       guided: bool, mode: str | None, query_frames: int, tokens_per_frame: int) -> float:
-    """FLOPs of one guided sampling call as it runs: per ODE step a conditional forward and, with guidance, an
-    unconditional one whose null context (zeros + query) is padded to the full context length in ``"batched"``
-    mode and kept at its own length in ``"two_pass"`` mode."""
-    cond = jdit_model_flops(config, context_tokens, target_tokens, samples, training=False)
-    if not guided:
-        return ode_steps * cond
-    null_tokens = context_tokens if mode == "batched" else 2 * query_frames * tokens_per_frame
-    return ode_steps * (cond + jdit_model_flops(config, null_tokens, target_tokens, samples, training=False))
+# ----------------------------------------------------------------------------------------------- peak rate
 
 
 def matmul_peak_flops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
@@ -500,7 +443,7 @@ def _bench_sample(module, tensor_shape, kind, dev, prec, steps, warmup, count_fl
 
         num_steps = int(getattr(module.sampler, "num_steps", 0) or 0)
         guided = float(getattr(module.guidance, "scale", 1.0)) != 1.0
-        mode = getattr(module.guidance, "mode", "batched")
+        mode = module.guidance.resolve(context.shape[2], t, t) if guided else None  # "auto" -> the mode it runs
         extra = {"ode_steps": num_steps, "guided": guided, "guidance_mode": mode if guided else None}
     else:
         x = torch.rand(b * n, 3, t, h, w, generator=g).mul(2).sub(1).to(dev)

@@ -260,7 +260,8 @@ def add_pipeline_arguments(p) -> None:
     p.add_argument("--shift", type=float, default=3.0, help="shift of the 'shifted' grid")
     p.add_argument("--sampler", type=Literal["euler", "heun"], default="euler")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guidance-mode", type=Literal["batched", "two_pass"], default="batched")
+    p.add_argument("--guidance-mode", type=Literal["auto", "batched", "two_pass"], default="auto",
+                   help="auto: one batched forward unless the null context would be padded, else two passes")
     p.add_argument("--encode-mode", type=Literal["sample", "mean"], default="sample",
                    help="posterior sample (official) or mean for the context latents")
     p.add_argument("--size", type=str, default="512x512", help="HxW, multiples of 16")

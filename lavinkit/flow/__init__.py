@@ -6,7 +6,7 @@ The convention is stated once, in :mod:`lavinkit.flow.path`. Components (YAML ``
 * objective: ``lavinkit.flow.FlowMatchingObjective`` (MSE + 0.1 L1 on the velocity by default)
 * grids: ``lavinkit.flow.OfficialGrid``, ``UniformGrid``, ``ShiftedGrid`` (``num_steps`` = grid points)
 * samplers: ``lavinkit.flow.EulerSampler`` (NFE = N - 1), ``HeunSampler`` (NFE = 2 (N - 1))
-* guidance: ``lavinkit.flow.ClassifierFreeGuidance`` (one batched pass with ``context_lengths``)
+* guidance: ``lavinkit.flow.ClassifierFreeGuidance`` (modes auto, batched with ``context_lengths``, two_pass)
 """
 
 from lavinkit.flow.grids import (

@@ -99,7 +99,7 @@ class JDiTModule(LightningModule):
             with ``FloatingPointError`` naming the step and the batch's keys (counts: ``train/nonfinite_steps``,
             saved in checkpoints).
         sampler: validation/test ODE sampler (default: Euler on the official 20-point grid).
-        guidance: classifier-free guidance of validation/test sampling (default: scale 1.5, batched).
+        guidance: classifier-free guidance of validation/test sampling (default: scale 1.5, mode "auto").
         val_samples_per_task: sampled examples per task in each validation epoch (0 disables sampling; the
             validation flow loss is always computed).
         test_samples_per_task: sampled examples per task in ``lavinkit test`` (``None``: every test example).

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from lavinkit.bench.train import flop_counter_mapping, jdit_model_flops, load_recipe, summarize
+from lavinkit.bench.flops import flop_counter_mapping, jdit_flops, jdit_model_flops
+from lavinkit.bench.train import load_recipe, summarize
 from lavinkit.cli import main
 from lavinkit.models.jdit import JDiT, JDiTConfig
 from tests.conftest import ROOT
@@ -25,23 +26,54 @@ def test_cpu_sdpa_counted_forward_and_backward():
     assert counter.get_total_flops() == 3 * 4 * b * h * s * s * d
 
 
-def test_jdit_model_flops_match_the_counted_forward():
-    """The formula (last block: context keys/values only, target-only output) agrees with torch's count of an eager
-    forward to within the per-sample modulation/timestep matmuls it leaves out."""
-    cfg = JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, kv_group=1)
-    model = JDiT(cfg).eval()
-    b, lat, tc = 2, 16, 3
-    x, ctx, t = torch.randn(b, 16, 1, lat, lat), torch.randn(b, 16, tc, lat, lat), torch.rand(b)
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_counter_mapping()) as counter:
-        model(x, t, ctx)
+def _counted_jdit(model, inputs, backend, train: bool) -> tuple[int, dict[str, int]]:
+    """Total FLOPs torch counts for one forward (or forward + backward) and the forward FLOPs per module."""
+    from torch.nn.attention import sdpa_kernel
+
+    with sdpa_kernel(backend), FlopCounterMode(display=False, custom_mapping=flop_counter_mapping()) as counter:
+        if train:
+            model(*inputs).square().mean().backward()
+        else:
+            with torch.no_grad():
+                model(*inputs)
+    return counter.get_total_flops(), {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+
+
+@pytest.mark.parametrize("overrides", [dict(kv_group=1), dict(kv_group=2, pair_embedding=True)])
+def test_jdit_flops_equal_torchs_count_with_math_attention(overrides):
+    """The formula is exact: with the math SDPA backend (attention as plain matmuls, which torch counts) the
+    count equals the formula plus the per-sample matmuls the formula leaves out (modulation, timestep MLP); the
+    CPU flash kernel, counted by ``flop_counter_mapping``, gives the same total, forward and backward."""
+    from torch.nn.attention import SDPBackend
+
+    cfg = JDiTConfig.from_name("tiny", hidden_size=96, depth=3, num_heads=2, **overrides)
+    model = JDiT(cfg)
+    b, lat, tc = 2, 8, 3
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(b, 16, 1, lat, lat, generator=g), torch.rand(b, generator=g),
+              torch.randn(b, 16, tc, lat, lat, generator=g))
     per_frame = (lat // 2) ** 2
-    formula = jdit_model_flops(cfg, tc * per_frame, per_frame, b, training=False)
-    counted = counter.get_total_flops()
-    assert 0.97 < formula / counted <= 1.0, (formula, counted)
-    # counting the last block as a full block overstates the FLOPs
-    full = jdit_model_flops(JDiTConfig.from_name("tiny", hidden_size=96, depth=4, num_heads=2, kv_group=1),
-                            tc * per_frame, per_frame, b, training=False)
-    assert full > formula
+    forward = jdit_flops(cfg, [tc * per_frame] * b, [per_frame] * b, training=False)
+    assert jdit_model_flops(cfg, tc * per_frame, per_frame, b) == 3 * forward
+
+    total, modules = _counted_jdit(model, inputs, SDPBackend.MATH, train=False)
+    d = cfg.hidden_size
+    # per-sample matmuls: every modulation, the timestep MLP and the last block's context scale (a d x d slice)
+    left_out = sum(v for k, v in modules.items() if k.endswith(".modulation") or k.endswith(".time_embed"))
+    left_out += 2 * b * d * d
+    assert total == forward + left_out
+    assert _counted_jdit(model, inputs, SDPBackend.FLASH_ATTENTION, train=False)[0] == total
+
+    # training = 3x forward by convention; torch also skips the input gradients nobody needs: those of the patch
+    # (and pair) embeddings, whose inputs are the latents, and of the timestep MLP's first layer
+    no_input_grad = sum(v for k, v in modules.items() if k.endswith("_embed.proj") or k.endswith(".time_embed.mlp.0"))
+    train_total, _ = _counted_jdit(model, inputs, SDPBackend.MATH, train=True)
+    assert train_total == 3 * (forward + left_out) - no_input_grad
+    assert _counted_jdit(model, inputs, SDPBackend.FLASH_ATTENTION, train=True)[0] == train_total
+    # counting the last block as a full block overstates the FLOPs (what ``jdit_flops`` once did)
+    full = jdit_flops(JDiTConfig.from_name("tiny", hidden_size=96, depth=4, num_heads=2, **overrides),
+                      [tc * per_frame] * b, [per_frame] * b, training=False)
+    assert full > forward
 
 
 def test_summarize_spread():

@@ -268,25 +268,28 @@ def test_constructed_from_yaml_class_path(tmp_path, demo_data):
     assert dm.num_context == (1, 3) and dm.task_weights == {"colorization": 2.0}
 
 
-def test_bench_data_smoke(demo_data, capsys):
-    from lavinkit.bench.data import main
+def test_bench_data_smoke(demo_data, capsys, tmp_path):
+    import json
+    import time
+
+    from lavinkit.bench.data import main, spread
 
     imgs = str(demo_data / "train" / "images-*.tar")
-    args = [
-        "--images",
-        imgs,
-        "--workers",
-        "[0]",
-        "--repeats",
-        "1",
-        "--batches",
-        "2",
-        "--image_batch_size",
-        "2",
-    ]
+    args = ["--images", imgs, "--workers", "[0]", "--repeats", "3", "--batches", "2", "--image_batch_size", "2",
+            "--min-seconds", "0.2", "--json", str(tmp_path / "rows.json")]
+    start = time.perf_counter()
     assert main(args) == 0
+    assert time.perf_counter() - start > 3 * 2 * 0.2  # every repeat of both streams read for --min-seconds
     out = capsys.readouterr().out
-    assert "image" in out and "overhead" in out
+    assert "image" in out and "overhead" in out and "p10-p90" in out
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    for name in ("grouped", "plain"):
+        runs = row[f"{name}_pairs_s_all"]
+        assert len(runs) == row["repeats"] == 3
+        assert min(runs) <= row[f"{name}_pairs_s_p10"] <= row[f"{name}_pairs_s"] <= row[f"{name}_pairs_s_p90"] <= max(runs)
+    s = spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s["median"] == 3.0 and s["min"] == 1.0 and s["max"] == 5.0 and s["p10"] == pytest.approx(1.4)
+    assert s["p90"] == pytest.approx(4.6)
 
 
 @pytest.mark.timeout(120)

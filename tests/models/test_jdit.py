@@ -241,10 +241,22 @@ def test_flop_counter_by_hand():
     stream = model.blocks[0].target
     one_stream = sum(p.numel() for m in (stream.q, stream.k, stream.v, stream.out, stream.mlp) for p in m.parameters())
     assert n_tok == cfg.depth * one_stream + model.target_embed.proj.weight.numel() + model.final.linear.weight.numel()
-    seq = [40, 24]  # two samples, e.g. (3+1) frames x 10 tokens and (2+1) frames x 8 tokens
-    expected = 6 * 215_040 * 64 + 12 * 2 * 96 * (40**2 + 24**2)  # 82,575,360 + 5,013,504
-    assert jdit_flops(cfg, seq) == expected == 87_588_864
-    assert jdit_flops(cfg, seq, training=False) == 2 * 215_040 * 64 + 4 * 2 * 96 * (40**2 + 24**2)
+    # two samples: 3 context frames + 1 target frame of 10 tokens, 2 + 1 frames of 8 tokens
+    ctx, tgt = [30, 16], [10, 8]
+    qo, kv, mlp = 2 * 96 * 96, 2 * 96 * 48, 3 * 96 * 256
+    macs = 0
+    for lc, lx in zip(ctx, tgt):
+        s = lc + lx
+        macs += (qo + kv + mlp) * s + 2 * 96 * s * s  # block 0: both streams, S^2 attention pairs
+        macs += (qo + kv + mlp) * lx + kv * lc + 2 * 96 * lx * s  # last block: context keys/values only
+        macs += 64 * 96 * s + 96 * 64 * lx  # patch embedding, output projection (target only)
+    assert macs == 9_772_032
+    expected = 6 * macs
+    assert jdit_flops(cfg, ctx, tgt) == expected and jdit_flops(cfg, ctx, tgt, training=False) == 2 * macs
+    # the full-block upper bound (6 N T + 12 L d S^2) overstates it
+    assert 6 * 215_040 * 64 + 12 * 2 * 96 * (40**2 + 24**2) > expected
+    with pytest.raises(ValueError, match="target token counts"):
+        jdit_flops(cfg, ctx, tgt[:1])
     assert mfu(expected, 0.5, 1e9) == pytest.approx(expected / 5e8)
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("NVIDIA H100 PCIe") == 756e12
     assert peak_flops("Some CPU") is None
@@ -259,9 +271,18 @@ def test_official_3b_per_token_params():
 def test_bench_runs_tiny_without_comparison():
     from lavinkit.bench.jdit import run
 
-    result = run(hidden=48, depth=1, heads=1, latent=4, context_frames=1, batch=1, steps=1, warmup=0, compare=False)
+    result = run(hidden=48, depth=1, heads=1, latent=4, context_frames=1, batch=1, steps=3, warmup=0, compare=False,
+                 cfg_context_frames=[2, 5])
     assert result["lavinkit_train_step_s"] > 0 and "diffusers_train_step_s" not in result
-    assert result["cfg_step_one_batched_pass_s"] > 0 and result["cfg_step_two_passes_s"] > 0
+    rows = {row["context_frames"]: row for row in result["cfg"]}
+    assert rows[2]["auto_runs"] == "batched" and rows[2]["padding_fraction"] == 0.0  # the null context fits
+    assert rows[5]["auto_runs"] == "two_pass" and rows[5]["padding_fraction"] == 0.25 and rows[5]["pairs"] == 2
+    for row in rows.values():
+        for mode in ("batched", "two_pass", "auto"):
+            assert 0 < row[mode]["wall_p10_s"] <= row[mode]["wall_s"] <= row[mode]["wall_p90_s"]
+        assert row["ratio_auto_over_two_pass"] == row["auto"]["wall_s"] / row["two_pass"]["wall_s"]
+    assert "lavinkit_train_step_s" not in run(hidden=48, depth=1, heads=1, latent=4, context_frames=1, batch=1, steps=1,
+                                              warmup=0, train=False, cfg_context_frames=[])
 
 
 @pytest.mark.slow
@@ -271,8 +292,9 @@ def test_bench_runs_tiny():
 
     result = run(hidden=48, depth=1, heads=1, latent=4, context_frames=1, batch=1, steps=1, warmup=0)
     for key in ("lavinkit_train_step_s", "diffusers_train_step_s", "ratio_lavinkit_over_diffusers",
-                "cfg_step_one_batched_pass_s", "cfg_step_two_passes_s", "train_flops_per_step"):
+                "train_flops_per_step"):
         assert result[key] > 0, key
+    assert len(result["cfg"]) == 3
 
 
 def test_bf16_autocast_and_bf16_weights():
