@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from lavinkit.bench.stats import spread
+
 
 class _PlainStream(torch.utils.data.IterableDataset):
     """The grouped stream's reading without grouping: the same shard draws and shuffle (same derived
@@ -133,13 +135,6 @@ def _time(
     pairs = done * pairs_per_batch
     # /proc counts CPU time in clock ticks (10 ms): too short a run has no CPU figure
     return pairs / elapsed, (pairs / cpu if cpu >= 0.05 else float("nan"))
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """Median, 10th and 90th percentile (interpolated), min and max of ``values``."""
-    vs = sorted(values)
-    p10, p90 = (statistics.quantiles(vs, n=10, method="inclusive")[::8] if len(vs) > 1 else (vs[0], vs[0]))
-    return {"median": statistics.median(vs), "p10": p10, "p90": p90, "min": vs[0], "max": vs[-1], "n": len(vs)}
 
 
 def grouping_cost_us(urls: list[str], *, k: int, max_pairs: int = 4000) -> float:

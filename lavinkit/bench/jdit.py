@@ -24,6 +24,7 @@ import torch
 
 from lavinkit.bench.flops import jdit_flops, jdit_model_flops, per_token_params  # noqa: F401 (re-exported)
 from lavinkit.bench.peaks import PEAK_BF16_FLOPS, mfu, peak_flops  # noqa: F401 (re-exported)
+from lavinkit.bench.stats import spread
 from lavinkit.flow.guidance import guided_velocity, padding_fraction, resolve_mode
 from lavinkit.models.jdit import JDiT, JDiTConfig
 
@@ -46,8 +47,6 @@ def interleaved_medians(
     (``wall_s``, ``wall_p10_s``, ``wall_p90_s``, ``cpu_s``, ``cpu_p10_s``, ``cpu_p90_s``), called in alternation
     so that all see the same machine load. CPU time is the steadier figure on a shared CPU machine (it excludes
     time spent waiting for cores); wall time is what a user sees."""
-    from lavinkit.bench.train import summarize
-
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for i in range(warmup + steps):
         for name, fn in fns.items():
@@ -56,9 +55,9 @@ def interleaved_medians(
                 times[name].append(sample)
     out = {}
     for name, v in times.items():
-        wall, cpu = summarize([w for w, _ in v]), summarize([c for _, c in v])
-        out[name] = {"wall_s": wall["median_s"], "wall_p10_s": wall["p10_s"], "wall_p90_s": wall["p90_s"],
-                     "cpu_s": cpu["median_s"], "cpu_p10_s": cpu["p10_s"], "cpu_p90_s": cpu["p90_s"]}
+        wall, cpu = spread([w for w, _ in v]), spread([c for _, c in v])
+        out[name] = {"wall_s": wall["median"], "wall_p10_s": wall["p10"], "wall_p90_s": wall["p90"],
+                     "cpu_s": cpu["median"], "cpu_p10_s": cpu["p10"], "cpu_p90_s": cpu["p90"]}
     return out
 
 

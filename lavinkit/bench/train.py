@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from lavinkit.bench.flops import flop_counter_mapping, jdit_model_flops, sample_model_flops  # noqa: F401 (re-exported)
+from lavinkit.bench.stats import spread
 
 # ----------------------------------------------------------------------------------------------- recipes
 
@@ -209,17 +210,9 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def summarize(times: Sequence[float]) -> dict[str, float]:
     """Median and spread (p10, p90, min, max, relative interquartile range) of step times in seconds."""
-    ts = sorted(times)
-    if len(ts) >= 2:
-        deciles = statistics.quantiles(ts, n=10, method="inclusive")
-        quartiles = statistics.quantiles(ts, n=4, method="inclusive")
-        p10, p90, iqr = deciles[0], deciles[-1], quartiles[2] - quartiles[0]
-    else:
-        p10 = p90 = ts[0]
-        iqr = 0.0
-    median = statistics.median(ts)
-    return {"median_s": median, "p10_s": p10, "p90_s": p90, "min_s": ts[0], "max_s": ts[-1],
-            "rel_iqr": iqr / median if median > 0 else 0.0, "n": len(ts)}
+    stats = spread(times)
+    return {**{f"{k}_s": stats[k] for k in ("median", "p10", "p90", "min", "max")},
+            "rel_iqr": stats["rel_iqr"], "n": stats["n"]}
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

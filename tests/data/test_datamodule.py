@@ -272,7 +272,8 @@ def test_bench_data_smoke(demo_data, capsys, tmp_path):
     import json
     import time
 
-    from lavinkit.bench.data import main, spread
+    from lavinkit.bench.data import main
+    from lavinkit.bench.stats import spread
 
     imgs = str(demo_data / "train" / "images-*.tar")
     args = ["--images", imgs, "--workers", "[0]", "--repeats", "3", "--batches", "2", "--image_batch_size", "2",
