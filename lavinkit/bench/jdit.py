@@ -8,7 +8,8 @@ multi-head attention; the official model uses GQA (``--kv_group 4``).
 Reported (medians over ``--steps``): forward+backward train step of each model and the ratio
 lavinkit/diffusers; a guided sampling step in each guidance mode (one batched pass with ``context_lengths``,
 two passes, ``auto``) for a few context lengths (``--cfg_context_frames``, each with median, p10 and p90);
-FLOPs per step and, on CUDA, MFU (design.md s.6). Example::
+FLOPs per step and, on CUDA, MFU (design.md s.6). ``--compile blocks|model`` compiles both models the same
+way (every transformer block, or the whole model) before timing, so the ratio stays like for like. Example::
 
     lavinkit bench jdit --hidden 384 --depth 4 --heads 8 --latent 16 --context_frames 3 --batch 2
 """
@@ -111,6 +112,20 @@ def _train_step(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> 
     return step
 
 
+def compiled(model: torch.nn.Module, blocks: torch.nn.ModuleList, mode: str) -> torch.nn.Module:
+    """``model`` with ``torch.compile`` applied to each of ``blocks`` in place (``"blocks"``), to the whole model
+    (``"model"``, returned wrapped), or untouched (``"none"``)."""
+    if mode == "blocks":
+        for block in blocks:
+            block.compile()
+        return model
+    if mode == "model":
+        return torch.compile(model)
+    if mode != "none":
+        raise ValueError(f"compile must be none, blocks or model, got {mode!r}")
+    return model
+
+
 def build_diffusers_sd3(hidden: int, depth: int, heads: int, latent: int, device, dtype):
     """SD3 MM-DiT at the given width/depth/heads with QK RMSNorm (lazy import: the ``bench`` extra)."""
     try:
@@ -128,7 +143,7 @@ def run(
     hidden: int = 384, depth: int = 4, heads: int = 8, kv_group: int = 1, latent: int = 16,
     context_frames: int = 3, batch: int = 2, steps: int = 10, warmup: int = 2, device: str = "cpu",
     dtype: str = "float32", compare: bool = True, attention: str = "sdpa", threads: int | None = None,
-    cfg_context_frames: Sequence[int] = (3, 9, 17), train: bool = True,
+    cfg_context_frames: Sequence[int] = (3, 9, 17), train: bool = True, compile: str = "none",
 ) -> dict:
     """Run the benchmark and return the figures (see module docstring)."""
     dev = torch.device(device)
@@ -151,22 +166,24 @@ def run(
     result: dict = {
         "config": {"hidden": hidden, "depth": depth, "heads": heads, "kv_group": kv_group, "latent": latent,
                    "context_frames": context_frames, "batch": batch, "tokens_per_sample": seq,
-                   "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads()},
+                   "device": str(dev), "dtype": dtype, "threads": torch.get_num_threads(), "compile": compile},
         "params": {"lavinkit": sum(p.numel() for p in ours.parameters())},
     }
     flops = jdit_model_flops(cfg, context_frames * tokens_per_frame, tokens_per_frame, batch)
     result["train_flops_per_step"] = flops
     if train:
-        steps_to_time = {"lavinkit": _train_step(ours, lambda: ours(x, t, ctx))}
+        ours_run = compiled(ours, ours.blocks, compile)
+        steps_to_time = {"lavinkit": _train_step(ours, lambda: ours_run(x, t, ctx))}
         if compare:
             sd3 = build_diffusers_sd3(hidden, depth, heads, latent, dev, torch_dtype).train()
+            sd3_run = compiled(sd3, sd3.transformer_blocks, compile)
             result["params"]["diffusers_sd3"] = sum(p.numel() for p in sd3.parameters())
             enc = torch.randn(batch, context_frames * tokens_per_frame, hidden, device=dev, dtype=torch_dtype)
             pooled = torch.randn(batch, hidden, device=dev, dtype=torch_dtype)
             img = x[:, :, 0]
 
             def sd3_forward():
-                return sd3(hidden_states=img, encoder_hidden_states=enc, pooled_projections=pooled,
+                return sd3_run(hidden_states=img, encoder_hidden_states=enc, pooled_projections=pooled,
                            timestep=t * 1000, return_dict=False)[0]
 
             steps_to_time["diffusers"] = _train_step(sd3, sd3_forward)
@@ -209,6 +226,8 @@ def build_parser():
     parser.add_argument("--dtype", type=str, default="float32", help="float32 or bfloat16")
     parser.add_argument("--attention", type=str, default="sdpa", help="lavinkit attention backend name")
     parser.add_argument("--threads", type=int | None, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--compile", type=str, default="none",
+                        help="torch.compile both models' blocks (blocks) or whole models (model) for the train rows")
     parser.add_argument("--train", type=bool, default=True, help="time the train step (false: only the CFG rows)")
     parser.add_argument("--compare", type=bool, default=True, help="also time diffusers' SD3Transformer2DModel")
     parser.add_argument("--cfg-context-frames", "--cfg_context_frames", type=list[int], default=[3, 9, 17],
@@ -219,6 +238,9 @@ def build_parser():
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
+    if args.compile not in ("none", "blocks", "model"):
+        print(f"lavinkit bench jdit: --compile must be none, blocks or model, got {args.compile!r}", file=sys.stderr)
+        return 2
     if args.dtype not in ("float32", "bfloat16"):
         print(f"lavinkit bench jdit: --dtype must be float32 or bfloat16, got {args.dtype!r}", file=sys.stderr)
         return 2
@@ -226,7 +248,7 @@ def main(argv: Sequence[str]) -> int:
         hidden=args.hidden, depth=args.depth, heads=args.heads, kv_group=args.kv_group, latent=args.latent,
         context_frames=args.context_frames, batch=args.batch, steps=args.steps, warmup=args.warmup,
         device=args.device, dtype=args.dtype, compare=args.compare, attention=args.attention,
-        threads=args.threads, cfg_context_frames=args.cfg_context_frames, train=args.train,
+        threads=args.threads, cfg_context_frames=args.cfg_context_frames, train=args.train, compile=args.compile,
     )
     def ms(key: str) -> str:
         return f"{result[key] * 1e3:.1f} ms wall, {result[key[:-2] + '_cpu_s'] * 1e3:.1f} ms CPU"

@@ -297,6 +297,19 @@ def test_bench_runs_tiny():
     assert len(result["cfg"]) == 3
 
 
+def test_bench_compiles_both_models_the_same_way():
+    from lavinkit.bench.jdit import compiled
+
+    model = JDiT(JDiTConfig.from_name("tiny"))
+    assert compiled(model, model.blocks, "none") is model
+    assert compiled(model, model.blocks, "blocks") is model  # blocks compiled in place (lazily, on first call)
+    assert all(block._compiled_call_impl is not None for block in model.blocks)
+    whole = compiled(JDiT(JDiTConfig.from_name("tiny")), model.blocks[:0], "model")
+    assert isinstance(whole, torch._dynamo.eval_frame.OptimizedModule)
+    with pytest.raises(ValueError, match="none, blocks or model"):
+        compiled(model, model.blocks, "graph")
+
+
 def test_bf16_autocast_and_bf16_weights():
     model = _tiny()
     x, t, ctx = _inputs()
@@ -334,3 +347,32 @@ def test_cfg_batch_with_single_context_frame():
         c, u = model(x2, t2, ctx2, context_lengths=lengths).chunk(2)
         torch.testing.assert_close(c, model(x, t, ctx), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(u, model(x, t, null_context(ctx)), atol=1e-5, rtol=1e-5)
+
+
+def test_query_residual_untrained_model_answers_with_the_query():
+    """Zero-initialised output layer: the derived velocity carries any x_t to the query by t = 1 (Euler)."""
+    from lavinkit.flow import EulerSampler
+
+    model = JDiT(JDiTConfig.from_name("tiny", query_residual=True)).eval()
+    x, _, ctx = _inputs(b=2, tc=3)
+    query = ctx[:, :, -1:]
+    with torch.no_grad():
+        sample = EulerSampler(num_steps=20, grid="official")(lambda z, t: model(z, t, ctx), x).sample
+        torch.testing.assert_close(sample, query, atol=1e-5, rtol=1e-5)
+    off = JDiT(JDiTConfig.from_name("tiny")).eval()
+    assert off(x, torch.rand(2), ctx).abs().max() == 0  # the official parametrisation starts at velocity 0
+
+
+def test_query_residual_velocity_is_that_of_the_query_plus_the_output():
+    """With trained-like weights: x_t + (1 - t) v = query + the plain model's output, wherever 1 - t >= 0.05."""
+    from lavinkit.flow.path import data_from_velocity
+
+    plain, residual = _tiny(), _tiny(query_residual=True)
+    residual.load_state_dict(plain.state_dict())
+    x, _, ctx = _inputs(b=3, tc=5, tx=1)
+    t = torch.tensor([0.0, 0.5, 0.9])
+    with torch.no_grad():
+        v = residual(x, t, ctx)
+        torch.testing.assert_close(data_from_velocity(x, v, t), ctx[:, :, -1:] + plain(x, t, ctx), atol=1e-4, rtol=1e-4)
+        near_data = residual(x, torch.ones(3), ctx)  # bounded at t = 1: (answer - x_t) / 0.05
+        assert torch.isfinite(near_data).all()

@@ -53,6 +53,11 @@ class JDiTConfig:
             and vice versa, the target tokens see the query (see :func:`~lavinkit.models.jdit.sequence.
             pair_partners`). The joint attention can learn this alignment itself, but at demo scale it
             takes thousands of steps; with it, every token carries local evidence of the task from step 0.
+        query_residual: not in the official model (default off). The output layer predicts the answer minus the
+            query at the same place (``x1 = query + out``) and the velocity is derived from that data estimate,
+            ``v = (x1 - x_t) / max(1 - t, 0.05)``. With the zero-initialised output layer the untrained model
+            answers with the query itself (the identity baseline), so its capacity goes to what the task changes;
+            restorations start at the query instead of at a blur of the mean latent.
     """
 
     patch_size: tuple[int, int] = (2, 2)
@@ -75,6 +80,7 @@ class JDiTConfig:
     drop_path: float = 0.0
     freeze_dead_params: bool = True
     pair_embedding: bool = False
+    query_residual: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

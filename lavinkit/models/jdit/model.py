@@ -19,6 +19,10 @@ from lavinkit.nn.rope import rope_cos_sin
 
 KIND = "jdit"
 
+# Floor of 1 - t when a data estimate is turned into a velocity (``JDiTConfig.query_residual``): the velocity
+# (x1 - x_t) / (1 - t) is exact for t < 0.95 and bounded near the data end, where the flow moves little.
+MIN_TIME_TO_DATA = 0.05
+
 
 class JDiT(nn.Module):
     """Joint diffusion transformer predicting the flow velocity of target latents given context latents.
@@ -162,8 +166,9 @@ class JDiT(nn.Module):
 
         h_ctx = self.context_embed(context)  # [B, Tc*H'*W', D]
         h_tgt = self.target_embed(x)  # [B, Tx*H'*W', D]
+        if cfg.pair_embedding or cfg.query_residual:
+            partners, query = pair_partners(context, tx, context_lengths)  # query: [B, C, Tx, H, W]
         if cfg.pair_embedding:
-            partners, query = pair_partners(context, tx, context_lengths)
             h_ctx = h_ctx + self.pair_embed(partners)
             h_tgt = h_tgt + self.pair_embed(query.to(x.dtype))
         temb = self.time_embed(t)  # [B, D]
@@ -191,6 +196,11 @@ class JDiT(nn.Module):
 
         out = self.final(h_tgt, c_tgt)  # [B, Tx*H'*W', pH*pW*C]
         out = unpatchify(out.reshape(b, tx, hp, wp, -1), cfg.patch_size, c)
+        if cfg.query_residual:
+            # out is the answer minus the query; the velocity that reaches that answer from x_t by t = 1
+            data = query.float() + out.float()
+            gap = (1.0 - t.float()).clamp(min=MIN_TIME_TO_DATA).reshape(b, 1, 1, 1, 1)
+            out = (data - x.float()) / gap
         return out.to(x.dtype)
 
     # ------------------------------------------------------------------------------------------- files
