@@ -37,7 +37,7 @@ def test_jdit_recipe_reads_image_and_clip_latents_of_the_demo_vae(tmp_path, monk
     assert raw["model"]["init_args"]["vae"] == data["vae"] == "runs/demo_stvae/checkpoints/last.ckpt"
     module = cli.model
     module.configure_model()
-    assert module.dit.config.pair_embedding
+    assert module.dit.config.pair_embedding and module.dit.config.query_residual
     assert raw["model"]["init_args"]["lr_scheduler"]["init_args"]["total_steps"] == cli.trainer.max_steps
 
 

@@ -57,7 +57,8 @@ class JDiTConfig:
             query at the same place (``x1 = query + out``) and the velocity is derived from that data estimate,
             ``v = (x1 - x_t) / max(1 - t, 0.05)``. With the zero-initialised output layer the untrained model
             answers with the query itself (the identity baseline), so its capacity goes to what the task changes;
-            restorations start at the query instead of at a blur of the mean latent.
+            restorations start at the query instead of at a blur of the mean latent. Sample it with Euler: a
+            Heun step ending at ``t = 1`` evaluates the velocity where only the floored gap defines it.
     """
 
     patch_size: tuple[int, int] = (2, 2)
