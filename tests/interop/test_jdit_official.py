@@ -129,3 +129,12 @@ def test_full_size_key_map_on_meta(parity_dir):
     loaded = jdit_from_official(meta_state, dtype=None)
     assert loaded.config == JDiTConfig.from_name("official-3b")
     assert {k: tuple(v.shape) for k, v in jdit_to_official(loaded).items()} == official
+
+
+@pytest.mark.parametrize("option", ["pair_embedding", "query_residual"])
+def test_options_outside_the_official_model_are_refused_on_export(option):
+    from lavinkit.interop.jdit_official import official_kwargs_from_config
+
+    official_kwargs_from_config(JDiTConfig.from_name("tiny"))  # the preset has an official equivalent
+    with pytest.raises(ValueError, match=f"{option}=True has no official equivalent"):
+        official_kwargs_from_config(JDiTConfig.from_name("tiny", **{option: True}))
