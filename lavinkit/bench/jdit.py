@@ -27,6 +27,7 @@ from lavinkit.bench.flops import jdit_flops, jdit_model_flops, per_token_params 
 from lavinkit.bench.peaks import PEAK_BF16_FLOPS, mfu, peak_flops  # noqa: F401 (re-exported)
 from lavinkit.bench.stats import spread
 from lavinkit.flow.guidance import guided_velocity, padding_fraction, resolve_mode
+from lavinkit.lit.parallel import compile_in_place, compile_mode
 from lavinkit.models.jdit import JDiT, JDiTConfig
 
 
@@ -112,20 +113,6 @@ def _train_step(model: torch.nn.Module, forward: Callable[[], torch.Tensor]) -> 
     return step
 
 
-def compiled(model: torch.nn.Module, blocks: torch.nn.ModuleList, mode: str) -> torch.nn.Module:
-    """``model`` with ``torch.compile`` applied to each of ``blocks`` in place (``"blocks"``), to the whole model
-    (``"model"``, returned wrapped), or untouched (``"none"``)."""
-    if mode == "blocks":
-        for block in blocks:
-            block.compile()
-        return model
-    if mode == "model":
-        return torch.compile(model)
-    if mode != "none":
-        raise ValueError(f"compile must be none, blocks or model, got {mode!r}")
-    return model
-
-
 def build_diffusers_sd3(hidden: int, depth: int, heads: int, latent: int, device, dtype):
     """SD3 MM-DiT at the given width/depth/heads with QK RMSNorm (lazy import: the ``bench`` extra)."""
     try:
@@ -172,18 +159,18 @@ def run(
     flops = jdit_model_flops(cfg, context_frames * tokens_per_frame, tokens_per_frame, batch)
     result["train_flops_per_step"] = flops
     if train:
-        ours_run = compiled(ours, ours.blocks, compile)
-        steps_to_time = {"lavinkit": _train_step(ours, lambda: ours_run(x, t, ctx))}
+        compile_in_place(ours, ours.blocks, compile)
+        steps_to_time = {"lavinkit": _train_step(ours, lambda: ours(x, t, ctx))}
         if compare:
             sd3 = build_diffusers_sd3(hidden, depth, heads, latent, dev, torch_dtype).train()
-            sd3_run = compiled(sd3, sd3.transformer_blocks, compile)
+            compile_in_place(sd3, sd3.transformer_blocks, compile)
             result["params"]["diffusers_sd3"] = sum(p.numel() for p in sd3.parameters())
             enc = torch.randn(batch, context_frames * tokens_per_frame, hidden, device=dev, dtype=torch_dtype)
             pooled = torch.randn(batch, hidden, device=dev, dtype=torch_dtype)
             img = x[:, :, 0]
 
             def sd3_forward():
-                return sd3_run(hidden_states=img, encoder_hidden_states=enc, pooled_projections=pooled,
+                return sd3(hidden_states=img, encoder_hidden_states=enc, pooled_projections=pooled,
                            timestep=t * 1000, return_dict=False)[0]
 
             steps_to_time["diffusers"] = _train_step(sd3, sd3_forward)
@@ -238,8 +225,10 @@ def build_parser():
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    if args.compile not in ("none", "blocks", "model"):
-        print(f"lavinkit bench jdit: --compile must be none, blocks or model, got {args.compile!r}", file=sys.stderr)
+    try:
+        compile_mode(args.compile)
+    except ValueError as err:
+        print(f"lavinkit bench jdit: --compile: {err}", file=sys.stderr)
         return 2
     if args.dtype not in ("float32", "bfloat16"):
         print(f"lavinkit bench jdit: --dtype must be float32 or bfloat16, got {args.dtype!r}", file=sys.stderr)

@@ -12,6 +12,7 @@ message that says what to use instead.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -67,6 +68,19 @@ def checkpoint_block(block: nn.Module) -> None:
     block._lavinkit_checkpointed = True
 
 
+def compile_in_place(model: nn.Module, blocks: Sequence[nn.Module], compile: bool | str | None) -> nn.Module:
+    """``torch.compile`` each of ``blocks`` (``"blocks"``) or the whole ``model`` (``"model"``) in place
+    (``nn.Module.compile``: names and ``state_dict`` unchanged; compilation happens on the first call). Returns
+    ``model``. ``compile``: see :func:`compile_mode`."""
+    mode = compile_mode(compile)
+    if mode == "blocks":
+        for block in blocks:
+            block.compile()
+    elif mode == "model":
+        model.compile()
+    return model
+
+
 def parallelize_jdit(
     dit: nn.Module,
     *,
@@ -90,12 +104,7 @@ def parallelize_jdit(
         for i, block in enumerate(blocks):
             if i % every == 0:
                 checkpoint_block(block)
-    mode = compile_mode(compile)
-    if mode == "blocks":
-        for block in blocks:
-            block.compile()
-    elif mode == "model":
-        dit.compile()
+    compile_in_place(dit, blocks, compile)
     if mesh is not None:
         from torch.distributed.fsdp import fully_shard
 
@@ -168,4 +177,5 @@ def check_jdit_strategy(
         )
 
 
-__all__ = ["check_jdit_strategy", "checkpoint_block", "checkpoint_every", "compile_mode", "parallelize_jdit"]
+__all__ = ["check_jdit_strategy", "checkpoint_block", "checkpoint_every", "compile_in_place", "compile_mode",
+           "parallelize_jdit"]

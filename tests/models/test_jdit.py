@@ -298,16 +298,18 @@ def test_bench_runs_tiny():
 
 
 def test_bench_compiles_both_models_the_same_way():
-    from lavinkit.bench.jdit import compiled
+    from lavinkit.bench.jdit import compile_in_place
 
     model = JDiT(JDiTConfig.from_name("tiny"))
-    assert compiled(model, model.blocks, "none") is model
-    assert compiled(model, model.blocks, "blocks") is model  # blocks compiled in place (lazily, on first call)
-    assert all(block._compiled_call_impl is not None for block in model.blocks)
-    whole = compiled(JDiT(JDiTConfig.from_name("tiny")), model.blocks[:0], "model")
-    assert isinstance(whole, torch._dynamo.eval_frame.OptimizedModule)
-    with pytest.raises(ValueError, match="none, blocks or model"):
-        compiled(model, model.blocks, "graph")
+    assert compile_in_place(model, model.blocks, "none") is model and model._compiled_call_impl is None
+    assert compile_in_place(model, model.blocks, "blocks") is model  # in place, lazily (on first call)
+    assert all(block._compiled_call_impl is not None for block in model.blocks) and model._compiled_call_impl is None
+    whole = JDiT(JDiTConfig.from_name("tiny"))
+    compile_in_place(whole, whole.blocks, "model")
+    assert whole._compiled_call_impl is not None and all(b._compiled_call_impl is None for b in whole.blocks)
+    assert list(whole.state_dict()) == list(model.state_dict())  # names unchanged
+    with pytest.raises(ValueError, match="compile='graph'"):
+        compile_in_place(model, model.blocks, "graph")
 
 
 def test_bf16_autocast_and_bf16_weights():
