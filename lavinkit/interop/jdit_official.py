@@ -115,7 +115,7 @@ def official_kwargs_from_config(config: JDiTConfig) -> dict[str, Any]:
         raise ValueError(f"J-DiT config with rope_axes_dims={config.rope_axes_dims} has no official equivalent")
     if config.mlp_hidden_size not in (None, official_mlp_hidden_size(config.hidden_size)):
         raise ValueError(f"J-DiT config with mlp_hidden_size={config.mlp_hidden_size} has no official equivalent")
-    for option in ("pair_embedding", "query_residual"):  # not in the official model
+    for option in ("pair_embedding", "query_residual", "spatial_position_embedding"):  # not in the official model
         if getattr(config, option):
             raise ValueError(f"J-DiT config with {option}=True has no official equivalent")
     return dict(

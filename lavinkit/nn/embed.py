@@ -1,10 +1,12 @@
-"""Embeddings: latent patchify/unpatchify, token patch embedding, sinusoidal timestep embedding."""
+"""Embeddings: latent patchify/unpatchify, token patch embedding, absolute spatial positions, sinusoidal
+timestep embedding."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from timm.layers import build_fourier_pos_embed
 from torch import nn
 
 
@@ -45,6 +47,41 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = patchify(x, self.patch_size).flatten(1, 3)  # [B, T*H'*W', pH*pW*C]
         return self.norm(self.proj(tokens))
+
+
+class SpatialPositionEmbed(nn.Module):
+    """Absolute (row, column) position of every token of a frame, as an additive embedding.
+
+    Fourier features (timm's ``build_fourier_pos_embed``: sines and cosines) of coordinates spread evenly over
+    [-1, 1] on each axis, at ``num_bands`` log-spaced frequencies from ``pi / 2`` (one monotonic quarter wave
+    across the frame, so the left and right borders differ) to ``pi / 2 * max_res``, then
+    ``Linear(4 * num_bands -> D)``. The coordinates are relative to the grid, so a token keeps its place (centre,
+    left border ...) at every resolution, and a left-right mirror is ``x -> -x``: the sine features of the column
+    change sign and the cosines stay, one fixed linear map. Rotary embeddings only see offsets between tokens,
+    which cannot express such a map.
+
+    Args:
+        hidden_size: token width D.
+        num_bands: frequencies per axis.
+        max_res: ratio of the highest frequency to the lowest.
+    """
+
+    def __init__(self, hidden_size: int, num_bands: int = 16, max_res: int = 64, device=None, dtype=None):
+        super().__init__()
+        self.num_bands = int(num_bands)
+        self.max_res = int(max_res)
+        self.proj = nn.Linear(4 * self.num_bands, hidden_size, device=device, dtype=dtype)
+
+    def features(self, height: int, width: int, device=None) -> torch.Tensor:
+        """``[height * width, 4 * num_bands]`` float32 features, row-major: sines then cosines, row axis first."""
+        bands = math.pi / 2 * torch.logspace(0, math.log2(self.max_res), self.num_bands, base=2, device=device)
+        sin, cos = build_fourier_pos_embed([height, width], bands=bands, in_pixels=True)  # each [H, W, 2, bands]
+        return torch.cat([sin, cos], dim=-2).reshape(height * width, 4 * self.num_bands)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        """``[height * width, D]`` embedding of a ``height x width`` token grid (add it to every frame)."""
+        feats = self.features(height, width, device=self.proj.weight.device)
+        return self.proj(feats.to(self.proj.weight.dtype))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:

@@ -131,7 +131,7 @@ def test_full_size_key_map_on_meta(parity_dir):
     assert {k: tuple(v.shape) for k, v in jdit_to_official(loaded).items()} == official
 
 
-@pytest.mark.parametrize("option", ["pair_embedding", "query_residual"])
+@pytest.mark.parametrize("option", ["pair_embedding", "query_residual", "spatial_position_embedding"])
 def test_options_outside_the_official_model_are_refused_on_export(option):
     from lavinkit.interop.jdit_official import official_kwargs_from_config
 

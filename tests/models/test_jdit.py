@@ -378,3 +378,18 @@ def test_query_residual_velocity_is_that_of_the_query_plus_the_output():
         torch.testing.assert_close(data_from_velocity(x, v, t), ctx[:, :, -1:] + plain(x, t, ctx), atol=1e-4, rtol=1e-4)
         near_data = residual(x, torch.ones(3), ctx)  # bounded at t = 1: (answer - x_t) / 0.05
         assert torch.isfinite(near_data).all()
+
+
+def test_spatial_position_embedding_starts_at_zero_and_breaks_translation_symmetry():
+    """Untrained: the same function as without it. Trained-like: outputs depend on where content sits."""
+    plain = _tiny()
+    placed = JDiT(JDiTConfig.from_name("tiny", spatial_position_embedding=True))
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["position_embed.proj.bias", "position_embed.proj.weight"] and not unexpected
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(placed(x, t, ctx), plain(x, t, ctx), atol=0, rtol=0)
+        torch.nn.init.normal_(placed.position_embed.proj.weight, std=0.5)
+        assert (placed(x, t, ctx) - plain(x, t, ctx)).abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="position_embed"):
+        plain.load_state_dict(placed.state_dict())  # a checkpoint with it needs a config with it

@@ -1,4 +1,4 @@
-"""Embeddings: official patch layout, sinusoidal timestep features."""
+"""Embeddings: official patch layout, absolute spatial positions, sinusoidal timestep features."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from lavinkit.nn.embed import PatchEmbed, TimestepEmbedder, patchify, timestep_embedding, unpatchify
+from lavinkit.nn.embed import (
+    PatchEmbed,
+    SpatialPositionEmbed,
+    TimestepEmbedder,
+    patchify,
+    timestep_embedding,
+    unpatchify,
+)
 
 
 def test_patchify_layout_and_round_trip():
@@ -36,3 +43,18 @@ def test_modules_shapes_and_meta():
     te = TimestepEmbedder(16, 32)
     assert te(torch.rand(3)).shape == (3, 16)
     assert PatchEmbed((2, 2), 4, 16, device="meta").proj.weight.is_meta
+
+
+@pytest.mark.parametrize("height, width", [(8, 8), (4, 6), (16, 16)])
+def test_spatial_positions_mirror_is_a_sign_flip_of_the_column_sines(height, width):
+    """Coordinates span [-1, 1] on every grid: mirroring the columns negates the column sines, keeps the rest."""
+    embed = SpatialPositionEmbed(32, num_bands=4, max_res=16)
+    feats = embed.features(height, width).reshape(height, width, 2, 2, 4)  # [row, col, sin|cos, axis, band]
+    mirrored = feats.flip(1)
+    torch.testing.assert_close(mirrored[:, :, 0, 1], -feats[:, :, 0, 1], atol=1e-5, rtol=0)  # column sines
+    torch.testing.assert_close(mirrored[:, :, 1, 1], feats[:, :, 1, 1], atol=1e-5, rtol=0)  # column cosines
+    torch.testing.assert_close(mirrored[:, :, :, 0], feats[:, :, :, 0], atol=0, rtol=0)  # the row axis
+    # every token of the grid has its own features (the embedding tells places apart)
+    flat = embed.features(height, width)
+    assert torch.cdist(flat, flat).add(torch.eye(height * width) * 1e3).min() > 1e-3
+    assert embed(height, width).shape == (height * width, 32)

@@ -59,6 +59,10 @@ class JDiTConfig:
             answers with the query itself (the identity baseline), so its capacity goes to what the task changes;
             restorations start at the query instead of at a blur of the mean latent. Sample it with Euler: a
             Heun step ending at ``t = 1`` evaluates the velocity where only the floored gap defines it.
+        spatial_position_embedding: not in the official model (default off). Every token also gets an embedding of
+            its absolute (row, column) place in its frame (:class:`~lavinkit.nn.embed.SpatialPositionEmbed`, zero at
+            initialisation). The official model has positions only through RoPE, i.e. offsets between tokens, which
+            cannot say "the mirrored place" (a horizontal flip) or "near the border".
     """
 
     patch_size: tuple[int, int] = (2, 2)
@@ -82,6 +86,7 @@ class JDiTConfig:
     freeze_dead_params: bool = True
     pair_embedding: bool = False
     query_residual: bool = False
+    spatial_position_embedding: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

@@ -14,7 +14,7 @@ from lavinkit.models.jdit.config import JDiTConfig
 from lavinkit.models.jdit.sequence import joint_positions, key_padding_mask, pair_partners
 from lavinkit.nn.attention.layout import build_layout
 from lavinkit.nn.attention.plugins import AttentionCore, TokenMixer
-from lavinkit.nn.embed import PatchEmbed, TimestepEmbedder, unpatchify
+from lavinkit.nn.embed import PatchEmbed, SpatialPositionEmbed, TimestepEmbedder, unpatchify
 from lavinkit.nn.rope import rope_cos_sin
 
 KIND = "jdit"
@@ -46,6 +46,8 @@ class JDiT(nn.Module):
         self.target_embed = PatchEmbed(config.patch_size, config.in_channels, d, **kw)
         if config.pair_embedding:
             self.pair_embed = PatchEmbed(config.patch_size, config.in_channels, d, **kw)
+        if config.spatial_position_embedding:
+            self.position_embed = SpatialPositionEmbed(d, **kw)
         self.time_embed = TimestepEmbedder(d, config.frequency_dim, **kw)
         self.prompt_embed = nn.Parameter(torch.empty(1, d, **kw))
         self.answer_embed = nn.Parameter(torch.empty(1, d, **kw))
@@ -99,6 +101,9 @@ class JDiT(nn.Module):
             for stream in (block.context, block.target):
                 nn.init.zeros_(stream.modulation.weight)
                 nn.init.zeros_(stream.modulation.bias)
+        if self.config.spatial_position_embedding:  # zero: the untrained model is the one without it
+            nn.init.zeros_(self.position_embed.proj.weight)
+            nn.init.zeros_(self.position_embed.proj.bias)
         for layer in (self.final.modulation, self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -171,6 +176,10 @@ class JDiT(nn.Module):
         if cfg.pair_embedding:
             h_ctx = h_ctx + self.pair_embed(partners)
             h_tgt = h_tgt + self.pair_embed(query.to(x.dtype))
+        if cfg.spatial_position_embedding:
+            where = self.position_embed(hp, wp)  # [H'*W', D], the same in every frame
+            h_ctx = h_ctx + where.repeat(tc, 1)
+            h_tgt = h_tgt + where.repeat(tx, 1)
         temb = self.time_embed(t)  # [B, D]
         c_ctx = F.silu(temb + self.prompt_embed)
         c_tgt = F.silu(temb + self.answer_embed)
