@@ -422,3 +422,26 @@ def test_jdit_with_pair_embedding_follows_its_examples():
     mse, mse_swapped = float((answer - x1).square().mean()), float((answer_swapped + x1).square().mean())
     assert mse < 0.5 * variance, f"answer MSE {mse:.3f} vs latent variance {variance:.3f}"
     assert mse_swapped < 0.5 * variance, f"swapped-pair answer MSE {mse_swapped:.3f} vs {variance:.3f}"
+
+
+STEPS_FLIP = 500
+
+
+def _flip_examples(b: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh examples of the horizontal flip: context ``[x, flip(x), q]``, target ``flip(q)``."""
+    a, q = _smooth_latents(b, 2, size, generator).split(1, dim=2)
+    return torch.cat([a, a.flip(-1), q], dim=2), q.flip(-1).clone()
+
+
+def test_jdit_with_spatial_positions_learns_a_horizontal_flip():
+    """A position-to-position task on fresh data: the answer at column j is the query at the mirrored column.
+    RoPE tells the attention only offsets between tokens, and the mirrored offset differs for every column;
+    ``spatial_position_embedding`` gives every token its absolute place, where the mirror is one linear map.
+    Measured after these 500 steps (pair embedding on in both): one-step answer MSE 0.18 with the spatial
+    positions, 0.78 without (latent variance 1.18; the query itself as the answer: 1.99)."""
+    dit = _train_on_fresh_examples(
+        _flip_examples, STEPS_FLIP, -1.0, 1.0, pair_embedding=True, spatial_position_embedding=True
+    )
+    context, x1 = _flip_examples(32, 8, torch.Generator().manual_seed(123))
+    mse, variance = float((_one_step_answer(dit, context, x1.shape) - x1).square().mean()), float(x1.var())
+    assert mse < 0.35 * variance, f"one-step answer MSE {mse:.3f} vs latent variance {variance:.3f}"
