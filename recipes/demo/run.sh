@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long demo: ST-VAE on images and clips, latents of both, a J-DiT trained on image and clip in-context
-# examples, and the in-context evaluation on every demo task (about an hour on 2 CPU cores; minutes on a GPU:
+# examples, and the in-context evaluation on every demo task (about 41 minutes on 2 idle CPU cores; minutes on a GPU:
 # add --trainer.accelerator gpu to the two fit commands and --device cuda to eval).
 #
 #   1. demo data   lavinkit data demo                          -> demo_data/
