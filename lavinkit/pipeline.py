@@ -15,11 +15,15 @@ What a call does (official order; flow convention in ``lavinkit.flow.path``):
    along latent time); the null context for guidance is ``[zeros frame, query]`` (``lavinkit.flow.guidance``).
 3. Noise ``[B, C, t_query, h, w]`` is integrated from t = 0 to t = 1 with the chosen sampler, grid and
    guidance (one batched forward per step when that pads nothing, else two; see ``lavinkit.flow.guidance``).
+   With ``ensemble_size`` K > 1 the context is encoded once and K noises per query are integrated in one batch;
+   the answer is the mean of the K latents (test-time ensembling, as Marigold does for depth): an estimate of
+   the expected answer, which scores higher PSNR/SSIM than one sample wherever the samples disagree.
 4. The latent is denormalised and decoded; images are ``(x / 2 + 0.5).clamp(0, 1)``, optionally turned into
    uint8 by rounding or by the official truncation.
 
 Randomness: with ``seed`` a CPU generator draws, in this order, the posterior noise (``encode_mode="sample"``)
-and the initial noise, so a seed gives the same result on every device. ``posterior_eps`` and ``noise``
+and the initial noise (``[K * B, C, t_query, h, w]``, ensemble member ``k`` of query ``b`` at ``k * B + b``, so
+member 0 is the single-sample answer of the same seed), so a seed gives the same result on every device. ``posterior_eps`` and ``noise``
 inject those draws explicitly (parity tests, experiments).
 
 Precision: ``dtype`` (J-DiT compute dtype) defaults to bf16 on CUDA and float32 on CPU; ``encode_dtype`` and
@@ -54,7 +58,8 @@ class PipelineOutput:
 
     Attributes:
         images: ``[B, 3, T, H, W]`` float in [0, 1], or uint8 with ``output="uint8"``.
-        latent: ``[B, C, t, h, w]`` float32 sampled latent (normalised latent space).
+        latent: ``[B, C, t, h, w]`` float32 sampled latent (normalised latent space; the mean of the ensemble's
+            latents with ``ensemble_size`` > 1).
         context: ``[B, C, Tc, h, w]`` normalised context latents ``[in_1, tgt_1, ..., query]``.
         decoded: ``[B, 3, T, H, W]`` float32 raw VAE output (before clamping).
         nfe: velocity evaluations made by the sampler (each one J-DiT forward when guidance is batched).
@@ -168,6 +173,8 @@ class InContextPipeline:
         guidance_mode: ``"auto"`` (batched unless that pads the null context; see ``lavinkit.flow.guidance``),
             ``"batched"`` (one forward with the padded null context) or ``"two_pass"`` (official).
         encode_mode: ``"sample"`` (official: posterior sample) or ``"mean"``.
+        ensemble_size: answers sampled per query from independent noise and averaged in latent space (1: one
+            sample, official); costs ``ensemble_size`` times the J-DiT work of one answer.
         device: where the models run (default: CUDA when available, else CPU).
         dtype: J-DiT compute dtype (default bf16 on CUDA, float32 on CPU).
         encode_dtype / decode_dtype: VAE dtypes for encoding / decoding (default ``dtype``).
@@ -190,6 +197,7 @@ class InContextPipeline:
         guidance_scale: float = 1.5,
         guidance_mode: GuidanceMode = "auto",
         encode_mode: EncodeMode = "sample",
+        ensemble_size: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         encode_dtype: torch.dtype | None = None,
@@ -200,6 +208,8 @@ class InContextPipeline:
     ) -> None:
         if encode_mode not in ("sample", "mean"):
             raise ValueError(f"encode_mode must be 'sample' or 'mean', got {encode_mode!r}")
+        if int(ensemble_size) != ensemble_size or ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be an integer >= 1, got {ensemble_size!r}")
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         default = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype or default
@@ -215,6 +225,7 @@ class InContextPipeline:
         self.sampler = get_sampler(sampler, num_steps=num_steps, grid=grid)
         self.guidance = ClassifierFreeGuidance(guidance_scale, guidance_mode)
         self.encode_mode = encode_mode
+        self.ensemble_size = int(ensemble_size)
         self.encode_batch_size = encode_batch_size
         self.vae = vae.eval().requires_grad_(False).to(self.device, self.encode_dtype)
         self.dit = dit.eval().requires_grad_(False).to(self.device, self.dtype)
@@ -345,7 +356,8 @@ class InContextPipeline:
             query: ``[B, 3, T, H, W]`` in [-1, 1] (T = 1 image, T = 1 + 4k clip).
             context_pairs: ``(input, target)`` tensors, each ``[B or 1, 3, T_i, H, W]`` in [-1, 1], same H, W.
             seed: seeds a CPU generator for posterior and initial noise (``generator`` overrides).
-            noise: explicit ``[B, C, t_query, h, w]`` initial noise.
+            noise: explicit ``[K * B, C, t_query, h, w]`` initial noise (K = ``ensemble_size``; member ``k`` of
+                query ``b`` at ``k * B + b``).
             posterior_eps: explicit posterior noise ``[B, C, Tc, h, w]`` (context layout, see :meth:`encode`).
             output: ``"float"`` ([0, 1]) or ``"uint8"``; rounding: ``"round"`` or ``"truncate"`` (official).
         """
@@ -368,12 +380,16 @@ class InContextPipeline:
         context = self.encode(clips, generator=generator, posterior_eps=posterior_eps)
         c, _, h, w = context.shape[1], *context.shape[2:]
         query_frames = self.vae.config.latent_shape(query.shape[2], query.shape[3], query.shape[4])[1]
-        shape = (batch, c, query_frames, h, w)
+        members = self.ensemble_size
+        shape = (members * batch, c, query_frames, h, w)
         if noise is None:
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape} (the query's latent), got {tuple(noise.shape)}")
-        latent, nfe, times = self.sample(context, noise, query_frames=query_frames)
+            what = "the query's latent" + (f" x ensemble_size {members}" if members > 1 else "")
+            raise ValueError(f"noise must have shape {shape} ({what}), got {tuple(noise.shape)}")
+        # the members of one query share its encoded context: [K * B, C, Tc, h, w], member-major like the noise
+        latent, nfe, times = self.sample(context.repeat(members, 1, 1, 1, 1), noise, query_frames=query_frames)
+        latent = latent.view(members, batch, *latent.shape[1:]).mean(0)
         decoded = self.decode(latent)
         images = (decoded / 2 + 0.5).clamp(0, 1)
         if output == "uint8":
@@ -384,5 +400,5 @@ class InContextPipeline:
 
     def __repr__(self) -> str:
         return (f"InContextPipeline(sampler={self.sampler!r}, guidance={self.guidance!r}, encode_mode="
-                f"{self.encode_mode!r}, device={self.device}, dtype={self.dtype}, encode_dtype={self.encode_dtype}, "
+                f"{self.encode_mode!r}, ensemble_size={self.ensemble_size}, device={self.device}, dtype={self.dtype}, encode_dtype={self.encode_dtype}, "
                 f"decode_dtype={self.decode_dtype})")

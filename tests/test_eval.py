@@ -158,6 +158,25 @@ def test_identity_ceiling_and_swap_reference_numbers(models, task_root):
     assert report.to_markdown().count("\n| ") == 3  # header + 2 task rows (the separator starts with |-)
 
 
+
+def test_ensemble_answers_are_scored_and_recorded(models, task_root):
+    """An ensemble pipeline's averaged answer is what eval scores, and the report says how many were averaged."""
+    pipe = _pipe(models)
+    pipe.ensemble_size = 3
+    report = evaluate(pipe, task_folder=task_root, tasks=["denoising"], size=(SIZE, SIZE), num_pairs=2,
+                      progress=False)
+    (record,) = report.tasks["denoising"].records
+    query = _unit(task_root / "denoising" / "p3_input.png")[:, :, None] * 2 - 1
+    target = _unit(task_root / "denoising" / "p3_target.png")
+    pairs = [(_unit(task_root / "denoising" / f"{n}_input.png")[:, :, None] * 2 - 1,
+              _unit(task_root / "denoising" / f"{n}_target.png")[:, :, None] * 2 - 1) for n in record["pairs"]]
+    answer = pipe(query, pairs, seed=record["pipeline_seed"]).images[:, :, 0]
+    assert record["psnr"] == pytest.approx(float(peak_signal_noise_ratio(answer, target, data_range=1.0)), abs=1e-4)
+    pipe.ensemble_size = 1
+    single = pipe(query, pairs, seed=record["pipeline_seed"]).images[:, :, 0]
+    assert not torch.allclose(single, answer)
+    assert report.settings["ensemble_size"] == 3 and "3 answers averaged per query" in report.to_markdown()
+
 def test_reference_answers():
     q = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
     assert np.array_equal(reference_answer("horizontal_flip", q), q[:, :, ::-1])
@@ -246,6 +265,7 @@ def mixed_root(tmp_path_factory):
         ({"--task-folder": None, "--shards": "{tasks}/none-*.tar"}, "--shards: glob"),
         ({"--swap-with": "{mytask: elsewhere}"}, "--swap-with mytask: elsewhere: no task 'elsewhere'"),
         ({"--size": "30x30"}, "--size '30x30': height and width must be positive multiples of 16"),
+        ({"--ensemble-size": "0"}, "--ensemble-size must be >= 1 (answers averaged per query), got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(models, task_root, mixed_root, tmp_path, capsys, change, message):

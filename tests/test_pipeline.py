@@ -104,6 +104,29 @@ def test_batched_guidance_matches_two_pass_end_to_end(tiny_models):
     torch.testing.assert_close(outs[2].latent, outs[1].latent, atol=1e-4, rtol=1e-4)
 
 
+def test_ensemble_averages_independent_answers(tiny_models):
+    """ensemble_size K: the latent is the mean of the K answers from the K noises (member k of query b at k * B + b),
+    decoded once; member 0 is what a single-sample pipeline answers with the same seed."""
+    vae, dit = tiny_models
+    kwargs = dict(num_steps=5, grid="uniform", device="cpu", encode_mode="mean")
+    single, ensemble = InContextPipeline(vae, dit, **kwargs), InContextPipeline(vae, dit, ensemble_size=3, **kwargs)
+    query, pairs = _image_inputs(batch=2)
+    noise = torch.randn(3 * 2, 8, 1, 4, 6, generator=torch.Generator().manual_seed(5))
+    out = ensemble(query, pairs, noise=noise)
+    members = [single(query, pairs, noise=noise[2 * k : 2 * (k + 1)]).latent for k in range(3)]
+    torch.testing.assert_close(out.latent, torch.stack(members).mean(0), atol=1e-5, rtol=1e-5)
+    assert out.latent.shape == (2, 8, 1, 4, 6) and out.images.shape == (2, 3, 1, 32, 48)
+    torch.testing.assert_close(out.decoded, single.decode(out.latent))
+    assert not torch.allclose(members[0], members[1])  # the members differ: the mean is not one of them
+    seeded = torch.randn(3 * 2, 8, 1, 4, 6, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(single(query, pairs, seed=7).latent, single(query, pairs, noise=seeded[:2]).latent)
+    torch.testing.assert_close(ensemble(query, pairs, seed=7).latent, ensemble(query, pairs, noise=seeded).latent)
+    with pytest.raises(ValueError, match=r"x ensemble_size 3"):
+        ensemble(query, pairs, noise=noise[:2])
+    with pytest.raises(ValueError, match="ensemble_size must be an integer >= 1"):
+        InContextPipeline(vae, dit, ensemble_size=0, device="cpu")
+
+
 def test_video_query_encodes_whole_clips(tiny_models):
     vae, dit = tiny_models
     g = torch.Generator().manual_seed(0)

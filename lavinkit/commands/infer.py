@@ -229,11 +229,14 @@ def resolve_model_paths(checkpoint: str | None, dit: str | None, vae: str | None
 
 def pipeline_options(args) -> dict:
     """``InContextPipeline`` keyword arguments from the sampling options (``--steps``, ``--grid``, ``--shift``,
-    ``--sampler``, ``--guidance-*``, ``--encode-mode``, ``--device``, the dtypes, ``--allow-fp16``)."""
+    ``--sampler``, ``--guidance-*``, ``--encode-mode``, ``--ensemble-size``, ``--device``, the dtypes,
+    ``--allow-fp16``)."""
     from lavinkit.flow.grids import OFFICIAL_GRIDS, ShiftedGrid
 
     if args.steps < 2:
         raise InferError(f"--steps must be >= 2 (grid points), got {args.steps}")
+    if args.ensemble_size < 1:
+        raise InferError(f"--ensemble-size must be >= 1 (answers averaged per query), got {args.ensemble_size}")
     if args.grid == "official" and args.steps not in OFFICIAL_GRIDS:
         raise InferError(f"--steps {args.steps}: the official grid has {sorted(OFFICIAL_GRIDS)} points only; "
                          "use --grid uniform or --grid shifted for other step counts")
@@ -242,7 +245,7 @@ def pipeline_options(args) -> dict:
         sampler=args.sampler, num_steps=args.steps,
         grid=ShiftedGrid(args.shift) if args.grid == "shifted" else args.grid,
         guidance_scale=args.guidance_scale, guidance_mode=args.guidance_mode, encode_mode=args.encode_mode,
-        device=args.device, dtype=dtype(args.dtype), encode_dtype=dtype(args.encode_dtype),
+        ensemble_size=args.ensemble_size, device=args.device, dtype=dtype(args.dtype), encode_dtype=dtype(args.encode_dtype),
         decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
     )  # fmt: skip
 
@@ -264,6 +267,8 @@ def add_pipeline_arguments(p) -> None:
                    help="auto: one batched forward unless the null context would be padded, else two passes")
     p.add_argument("--encode-mode", type=Literal["sample", "mean"], default="sample",
                    help="posterior sample (official) or mean for the context latents")
+    p.add_argument("--ensemble-size", type=int, default=1,
+                   help="answers sampled per query from independent noise and averaged (1: one sample)")
     p.add_argument("--size", type=str, default="512x512", help="HxW, multiples of 16")
     p.add_argument("--max-frames", type=int | None, default=None, help="cut clips to at most this many frames")
     p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
@@ -418,7 +423,7 @@ def run(args) -> list[dict]:
             "result": str(result_path), "grid": str(grid_path), "size": list(size),
             "frames": int(result.shape[0]), "sampler": args.sampler, "grid_kind": args.grid, "steps": args.steps,
             "nfe": out.nfe, "guidance_scale": args.guidance_scale, "guidance_mode": args.guidance_mode,
-            "encode_mode": args.encode_mode, "vae": str(vae_path), "dit": str(dit_path),
+            "encode_mode": args.encode_mode, "ensemble_size": args.ensemble_size, "vae": str(vae_path), "dit": str(dit_path),
             "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""), "seconds": round(seconds, 3),
         }  # fmt: skip
         if job.target is not None:

@@ -207,7 +207,9 @@ class EvalReport:
                  f"J-DiT `{s.get('dit')}`, ST-VAE `{s.get('vae')}`; {s.get('num_pairs')} example pairs, "
                  f"{s.get('queries_per_task')} queries per task, seeds {s.get('seeds')}, size "
                  f"{'x'.join(map(str, s.get('size', [])))}, {s.get('steps')} steps, guidance "
-                 f"{s.get('guidance_scale')}, encode mode {s.get('encode_mode')}.",
+                 f"{s.get('guidance_scale')}, encode mode {s.get('encode_mode')}"
+                 + (f", {s['ensemble_size']} answers averaged per query" if s.get("ensemble_size", 1) > 1 else "")
+                 + ".",
                  "",
                  "Identity: the query returned unchanged. Ceiling: the ST-VAE reconstruction of the target. Swapped: "
                  "the prediction with a partner task's example pairs; swap shift = PSNR(swapped, partner reference) - "

@@ -100,6 +100,7 @@ def test_video_query_writes_mp4(models, task, tmp_path):
     (("--num-pairs", "9"), "--num-pairs 9 requested but only 4 pairs"),
     (("--size", "30x32"), "multiples of 16"),
     (("--steps", "25", "--grid", "official"), "--steps 25"),
+    (("--ensemble-size", "0"), "--ensemble-size must be >= 1"),
     (("--vae", "nowhere.safetensors"), "--vae nowhere.safetensors: no such file"),
     (("--query", "nowhere.png"), "--query nowhere.png"),
     (("--dtype", "float16", "--vae", "BF16"), "bfloat16"),
