@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The long demo: ST-VAE on images and clips, latents of both, a J-DiT trained on image and clip in-context
-# examples, and the in-context evaluation on every demo task (about 41 minutes on 2 idle CPU cores; minutes on a GPU:
+# examples, and the in-context evaluation on every demo task (under 50 minutes on 2 idle CPU cores; minutes on a GPU:
 # add --trainer.accelerator gpu to the two fit commands and --device cuda to eval).
 #
 #   1. demo data   lavinkit data demo                          -> demo_data/
@@ -31,12 +31,14 @@ done
 echo "== 4/5 J-DiT (in-context flow matching on image and clip latents)"
 "$LAVINKIT" fit --config recipes/demo/jdit.yaml
 
-echo "== 5/5 evaluation on held-out pairs"
+echo "== 5/5 evaluation on held-out pairs (4 answers per query, averaged)"
+# --ensemble-size 4: four answers per query from independent noise, their latents averaged (README, "One sample
+# or the expected answer")
 "$LAVINKIT" eval --checkpoint runs/demo_jdit/checkpoints/last.ckpt --task-folder demo_data/tasks \
     --queries-per-task 4 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
-    --seeds "[0]" --out runs/demo/images
+    --ensemble-size 4 --seeds "[0]" --out runs/demo/images
 "$LAVINKIT" eval --checkpoint runs/demo_jdit/checkpoints/last.ckpt --shards "demo_data/val/videos-*.tar" \
     --queries-per-task 2 --num-pairs 1 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
-    --seeds "[0]" --out runs/demo/clips
+    --ensemble-size 4 --seeds "[0]" --out runs/demo/clips
 
 echo "done: runs/demo/images/eval.md, runs/demo/clips/eval.md and their eval_grid.png"
