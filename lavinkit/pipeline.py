@@ -23,8 +23,8 @@ What a call does (official order; flow convention in ``lavinkit.flow.path``):
 
 Randomness: with ``seed`` a CPU generator draws, in this order, the posterior noise (``encode_mode="sample"``)
 and the initial noise (``[K * B, C, t_query, h, w]``, ensemble member ``k`` of query ``b`` at ``k * B + b``, so
-member 0 is the single-sample answer of the same seed), so a seed gives the same result on every device. ``posterior_eps`` and ``noise``
-inject those draws explicitly (parity tests, experiments).
+member 0 is the single-sample answer of the same seed), so a seed gives the same result on every device.
+``posterior_eps`` and ``noise`` inject those draws explicitly (parity tests, experiments).
 
 Precision: ``dtype`` (J-DiT compute dtype) defaults to bf16 on CUDA and float32 on CPU; ``encode_dtype`` and
 ``decode_dtype`` (VAE) default to ``dtype``. The ODE state stays float32. Asking for float16 with

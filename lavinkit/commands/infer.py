@@ -245,8 +245,8 @@ def pipeline_options(args) -> dict:
         sampler=args.sampler, num_steps=args.steps,
         grid=ShiftedGrid(args.shift) if args.grid == "shifted" else args.grid,
         guidance_scale=args.guidance_scale, guidance_mode=args.guidance_mode, encode_mode=args.encode_mode,
-        ensemble_size=args.ensemble_size, device=args.device, dtype=dtype(args.dtype), encode_dtype=dtype(args.encode_dtype),
-        decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
+        ensemble_size=args.ensemble_size, device=args.device, dtype=dtype(args.dtype),
+        encode_dtype=dtype(args.encode_dtype), decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
     )  # fmt: skip
 
 
@@ -423,7 +423,8 @@ def run(args) -> list[dict]:
             "result": str(result_path), "grid": str(grid_path), "size": list(size),
             "frames": int(result.shape[0]), "sampler": args.sampler, "grid_kind": args.grid, "steps": args.steps,
             "nfe": out.nfe, "guidance_scale": args.guidance_scale, "guidance_mode": args.guidance_mode,
-            "encode_mode": args.encode_mode, "ensemble_size": args.ensemble_size, "vae": str(vae_path), "dit": str(dit_path),
+            "encode_mode": args.encode_mode, "ensemble_size": args.ensemble_size, "vae": str(vae_path),
+            "dit": str(dit_path),
             "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""), "seconds": round(seconds, 3),
         }  # fmt: skip
         if job.target is not None:
