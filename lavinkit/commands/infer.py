@@ -430,7 +430,8 @@ def run(args) -> list[dict]:
         if job.target is not None:
             record["target"] = str(job.target)
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        tqdm.write(f"    -> {result_path} ({out.nfe} evaluations, {seconds:.1f}s)")
+        averaged = f", mean of {args.ensemble_size} answers" if args.ensemble_size > 1 else ""
+        tqdm.write(f"    -> {result_path} ({out.nfe} evaluations{averaged}, {seconds:.1f}s)")
         records.append(record)
     if args.query is None:
         sheet = out_dir / "results_grid.png"

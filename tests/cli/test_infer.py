@@ -69,6 +69,15 @@ def test_batch_mode_outputs_and_logged_pairs(models, task, tmp_path, capsys):
     assert main(args) == 0
     assert json.loads((again / "a.json").read_text())["pairs"] == json.loads((out / "a.json").read_text())["pairs"]
     assert (again / "a_result.png").read_bytes() == (out / "a_result.png").read_bytes()
+    # --ensemble-size: the mean of several answers, said in the output and the record
+    ensemble = tmp_path / "ensemble"
+    args[args.index("--out") + 1] = str(ensemble)
+    capsys.readouterr()
+    assert main([*args, "--ensemble-size", "3"]) == 0
+    assert "mean of 3 answers" in capsys.readouterr().out
+    assert json.loads((ensemble / "a.json").read_text())["ensemble_size"] == 3
+    assert json.loads((again / "a.json").read_text())["ensemble_size"] == 1
+    assert (ensemble / "a_result.png").read_bytes() != (again / "a_result.png").read_bytes()
 
 
 def test_pairs_drawn_without_replacement_and_query_excluded(models, task, tmp_path):
