@@ -158,7 +158,6 @@ def test_identity_ceiling_and_swap_reference_numbers(models, task_root):
     assert report.to_markdown().count("\n| ") == 3  # header + 2 task rows (the separator starts with |-)
 
 
-
 def test_ensemble_answers_are_scored_and_recorded(models, task_root):
     """An ensemble pipeline's averaged answer is what eval scores, and the report says how many were averaged."""
     pipe = _pipe(models)
@@ -176,6 +175,7 @@ def test_ensemble_answers_are_scored_and_recorded(models, task_root):
     single = pipe(query, pairs, seed=record["pipeline_seed"]).images[:, :, 0]
     assert not torch.allclose(single, answer)
     assert report.settings["ensemble_size"] == 3 and "3 answers averaged per query" in report.to_markdown()
+
 
 def test_reference_answers():
     q = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
