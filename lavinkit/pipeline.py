@@ -387,9 +387,11 @@ class InContextPipeline:
         elif tuple(noise.shape) != shape:
             what = "the query's latent" + (f" x ensemble_size {members}" if members > 1 else "")
             raise ValueError(f"noise must have shape {shape} ({what}), got {tuple(noise.shape)}")
-        # the members of one query share its encoded context: [K * B, C, Tc, h, w], member-major like the noise
-        latent, nfe, times = self.sample(context.repeat(members, 1, 1, 1, 1), noise, query_frames=query_frames)
-        latent = latent.view(members, batch, *latent.shape[1:]).mean(0)
+        if members == 1:
+            latent, nfe, times = self.sample(context, noise, query_frames=query_frames)
+        else:  # the members of one query share its encoded context: [K * B, C, Tc, h, w], member-major like the noise
+            latent, nfe, times = self.sample(context.repeat(members, 1, 1, 1, 1), noise, query_frames=query_frames)
+            latent = latent.view(members, batch, *latent.shape[1:]).mean(0)
         decoded = self.decode(latent)
         images = (decoded / 2 + 0.5).clamp(0, 1)
         if output == "uint8":
@@ -400,5 +402,5 @@ class InContextPipeline:
 
     def __repr__(self) -> str:
         return (f"InContextPipeline(sampler={self.sampler!r}, guidance={self.guidance!r}, encode_mode="
-                f"{self.encode_mode!r}, ensemble_size={self.ensemble_size}, device={self.device}, dtype={self.dtype}, encode_dtype={self.encode_dtype}, "
-                f"decode_dtype={self.decode_dtype})")
+                f"{self.encode_mode!r}, ensemble_size={self.ensemble_size}, device={self.device}, dtype={self.dtype}, "
+                f"encode_dtype={self.encode_dtype}, decode_dtype={self.decode_dtype})")
