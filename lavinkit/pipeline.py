@@ -21,6 +21,15 @@ What a call does (official order; flow convention in ``lavinkit.flow.path``):
 4. The latent is denormalised and decoded; images are ``(x / 2 + 0.5).clamp(0, 1)``, optionally turned into
    uint8 by rounding or by the official truncation.
 
+In-context residual transfer (``residual_transfer=True``, not in the official pipeline): the ST-VAE cannot represent
+every detail of a clip, so a decoded answer lacks what the VAE drops (fine texture, sharp edges, noise). That
+residual of the query, ``query - decode(encode(query))``, is known, and the example pairs show how much of it the
+task keeps: the gain per query and colour channel is the least-squares fit of each example target's residual on its
+input's residual, ``g = sum <r_in, r_tgt> / sum <r_in, r_in>`` over the pairs, clamped to [-1, 1]. The answer is
+``decode(latent) + g * (query - decode(encode(query)))``: about 1 on restorations (the detail the VAE drops comes
+back), about 0 on denoising (the noise the VAE drops stays out) and on re-arranging tasks such as a flip (the
+residuals do not correlate). It costs one decode of every context clip.
+
 Randomness: with ``seed`` a CPU generator draws, in this order, the posterior noise (``encode_mode="sample"``)
 and the initial noise (``[K * B, C, t_query, h, w]``, ensemble member ``k`` of query ``b`` at ``k * B + b``, so
 member 0 is the single-sample answer of the same seed), so a seed gives the same result on every device.
@@ -61,9 +70,12 @@ class PipelineOutput:
         latent: ``[B, C, t, h, w]`` float32 sampled latent (normalised latent space; the mean of the ensemble's
             latents with ``ensemble_size`` > 1).
         context: ``[B, C, Tc, h, w]`` normalised context latents ``[in_1, tgt_1, ..., query]``.
-        decoded: ``[B, 3, T, H, W]`` float32 raw VAE output (before clamping).
+        decoded: ``[B, 3, T, H, W]`` float32 raw VAE output (before clamping; with ``residual_transfer`` plus the
+            transferred residual).
         nfe: velocity evaluations made by the sampler (each one J-DiT forward when guidance is batched).
         times: ``[N]`` time grid used.
+        residual_gain: ``[B, 3]`` gain of the transferred query residual per colour channel (``residual_transfer``
+            only, else ``None``).
     """
 
     images: Tensor
@@ -72,6 +84,7 @@ class PipelineOutput:
     decoded: Tensor
     nfe: int
     times: Tensor
+    residual_gain: Tensor | None = None
 
 
 def to_uint8(images: Tensor, rounding: Rounding = "round") -> Tensor:
@@ -175,6 +188,8 @@ class InContextPipeline:
         encode_mode: ``"sample"`` (official: posterior sample) or ``"mean"``.
         ensemble_size: answers sampled per query from independent noise and averaged in latent space (1: one
             sample, official); costs ``ensemble_size`` times the J-DiT work of one answer.
+        residual_transfer: add the query's ST-VAE residual to the answer with the gain its example pairs show
+            (module docstring; not official, needs example pairs).
         device: where the models run (default: CUDA when available, else CPU).
         dtype: J-DiT compute dtype (default bf16 on CUDA, float32 on CPU).
         encode_dtype / decode_dtype: VAE dtypes for encoding / decoding (default ``dtype``).
@@ -198,6 +213,7 @@ class InContextPipeline:
         guidance_mode: GuidanceMode = "auto",
         encode_mode: EncodeMode = "sample",
         ensemble_size: int = 1,
+        residual_transfer: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         encode_dtype: torch.dtype | None = None,
@@ -226,6 +242,7 @@ class InContextPipeline:
         self.guidance = ClassifierFreeGuidance(guidance_scale, guidance_mode)
         self.encode_mode = encode_mode
         self.ensemble_size = int(ensemble_size)
+        self.residual_transfer = bool(residual_transfer)
         self.encode_batch_size = encode_batch_size
         self.vae = vae.eval().requires_grad_(False).to(self.device, self.encode_dtype)
         self.dit = dit.eval().requires_grad_(False).to(self.device, self.dtype)
@@ -336,6 +353,33 @@ class InContextPipeline:
         out = self.sampler(fn, noise.to(self.device, torch.float32))
         return out.sample, out.nfe, out.times
 
+    @torch.no_grad()
+    def transferred_residual(self, clips: Sequence[Tensor], context: Tensor) -> tuple[Tensor, Tensor]:
+        """The query's ST-VAE residual scaled by the gain the example pairs show (module docstring).
+
+        Args:
+            clips: the encoded clips ``[in_1, tgt_1, ..., in_k, tgt_k, query]``, each ``[B, 3, T_i, H, W]`` in
+                [-1, 1], k >= 1, each pair's input and target of one shape.
+            context: their normalised latents ``[B, C, sum t_i, h, w]`` (:meth:`encode`).
+
+        Returns:
+            ``(residual [B, 3, T_query, H, W] float32, gain [B, 3])``.
+        """
+        lengths = [self.vae.config.latent_shape(*clip.shape[2:])[1] for clip in clips]
+        # decode clips of equal latent length in one VAE batch, like encode: [n * B, C, t, h, w]
+        batch, residuals = clips[0].shape[0], [None] * len(clips)
+        bounds = torch.tensor([0, *lengths]).cumsum(0).tolist()
+        for length in dict.fromkeys(lengths):
+            ids = [i for i, n in enumerate(lengths) if n == length]
+            decoded = self.decode(torch.cat([context[:, :, bounds[i] : bounds[i + 1]] for i in ids]))
+            for j, i in enumerate(ids):
+                residuals[i] = clips[i].to(self.device).float() - decoded[j * batch : (j + 1) * batch]
+        inputs, targets = residuals[:-1:2], residuals[1:-1:2]
+        agreement = sum((r_in * r_tgt).sum((2, 3, 4)) for r_in, r_tgt in zip(inputs, targets, strict=True))
+        energy = sum(r_in.square().sum((2, 3, 4)) for r_in in inputs)
+        gain = (agreement / energy.clamp_min(1e-12)).clamp(-1, 1)  # [B, 3]
+        return gain[:, :, None, None, None] * residuals[-1], gain
+
     # -------------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(
@@ -370,6 +414,12 @@ class InContextPipeline:
             clips += [self._check_clip(pair[0], f"context_pairs[{i}] input", batch),
                       self._check_clip(pair[1], f"context_pairs[{i}] target", batch)]  # fmt: skip
         clips.append(query)
+        if self.residual_transfer and not context_pairs:
+            raise ValueError("residual_transfer fits its gain on the example pairs: pass at least one context pair")
+        for i, clip in enumerate(clips[:-1]):
+            if self.residual_transfer and i % 2 and clip.shape != clips[i - 1].shape:
+                raise ValueError(f"context_pairs[{i // 2}]: residual_transfer needs input and target of one shape, "
+                                 f"got {tuple(clips[i - 1].shape)} and {tuple(clip.shape)}")
         for i, clip in enumerate(clips):
             if clip.shape[-2:] != query.shape[-2:]:
                 raise ValueError(f"context_pairs[{i // 2}]: spatial size {tuple(clip.shape[-2:])} differs from "
@@ -392,15 +442,20 @@ class InContextPipeline:
         else:  # the members of one query share its encoded context: [K * B, C, Tc, h, w], member-major like the noise
             latent, nfe, times = self.sample(context.repeat(members, 1, 1, 1, 1), noise, query_frames=query_frames)
             latent = latent.view(members, batch, *latent.shape[1:]).mean(0)
-        decoded = self.decode(latent)
+        decoded, gain = self.decode(latent), None
+        if self.residual_transfer:
+            residual, gain = self.transferred_residual(clips, context)
+            decoded = decoded + residual
         images = (decoded / 2 + 0.5).clamp(0, 1)
         if output == "uint8":
             images = to_uint8(images, rounding)
         elif output != "float":
             raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
-        return PipelineOutput(images=images, latent=latent, context=context, decoded=decoded, nfe=nfe, times=times)
+        return PipelineOutput(images=images, latent=latent, context=context, decoded=decoded, nfe=nfe, times=times,
+                              residual_gain=gain)
 
     def __repr__(self) -> str:
         return (f"InContextPipeline(sampler={self.sampler!r}, guidance={self.guidance!r}, encode_mode="
-                f"{self.encode_mode!r}, ensemble_size={self.ensemble_size}, device={self.device}, dtype={self.dtype}, "
+                f"{self.encode_mode!r}, ensemble_size={self.ensemble_size}, residual_transfer="
+                f"{self.residual_transfer}, device={self.device}, dtype={self.dtype}, "
                 f"encode_dtype={self.encode_dtype}, decode_dtype={self.decode_dtype})")

@@ -159,9 +159,10 @@ def test_identity_ceiling_and_swap_reference_numbers(models, task_root):
 
 
 def test_ensemble_answers_are_scored_and_recorded(models, task_root):
-    """An ensemble pipeline's averaged answer is what eval scores, and the report says how many were averaged."""
+    """An ensemble pipeline's averaged answer (here with the residual transfer) is what eval scores, and the report
+    says how many were averaged and that the residual was transferred."""
     pipe = _pipe(models)
-    pipe.ensemble_size = 3
+    pipe.ensemble_size, pipe.residual_transfer = 3, True
     report = evaluate(pipe, task_folder=task_root, tasks=["denoising"], size=(SIZE, SIZE), num_pairs=2,
                       progress=False)
     (record,) = report.tasks["denoising"].records
@@ -171,10 +172,11 @@ def test_ensemble_answers_are_scored_and_recorded(models, task_root):
               _unit(task_root / "denoising" / f"{n}_target.png")[:, :, None] * 2 - 1) for n in record["pairs"]]
     answer = pipe(query, pairs, seed=record["pipeline_seed"]).images[:, :, 0]
     assert record["psnr"] == pytest.approx(float(peak_signal_noise_ratio(answer, target, data_range=1.0)), abs=1e-4)
-    pipe.ensemble_size = 1
+    pipe.ensemble_size, pipe.residual_transfer = 1, False
     single = pipe(query, pairs, seed=record["pipeline_seed"]).images[:, :, 0]
     assert not torch.allclose(single, answer)
     assert report.settings["ensemble_size"] == 3 and "3 answers averaged per query" in report.to_markdown()
+    assert report.settings["residual_transfer"] and "residual transferred" in report.to_markdown()
 
 
 def test_reference_answers():

@@ -127,6 +127,50 @@ def test_ensemble_averages_independent_answers(tiny_models):
         InContextPipeline(vae, dit, ensemble_size=0, device="cpu")
 
 
+def test_residual_transfer_gain_is_fitted_on_the_pairs(tiny_models):
+    """residual_transfer adds g * (query - decode(encode(query))) to the decoded answer, g [B, 3] the least-squares
+    fit of the example targets' ST-VAE residuals on their inputs' residuals, clamped to [-1, 1]."""
+    vae, _ = tiny_models
+    from lavinkit.models.jdit import JDiT, JDiTConfig
+
+    kwargs = dict(num_steps=3, grid="uniform", device="cpu", encode_mode="mean")
+    query, pairs = _image_inputs(batch=2, size=(32, 32))
+    pairs[1] = (pairs[1][0], pairs[1][0] * 0.5 - 0.2)  # a target that keeps part of its input's detail
+    dit = JDiT(JDiTConfig.from_name("tiny", in_channels=8))
+    dit.init_weights()
+    for p in dit.final.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    plain = InContextPipeline(vae, dit, **kwargs)
+    transfer = InContextPipeline(vae, dit, residual_transfer=True, **kwargs)
+    out, base = transfer(query, pairs, seed=3), plain(query, pairs, seed=3)
+    residual = lambda x: x - plain.decode(plain.encode([x]))  # noqa: E731
+    # reference: per query and channel, lstsq of the stacked target residuals on the stacked input residuals
+    r_in = torch.cat([residual(i).flatten(2) for i, _ in pairs], dim=2)  # [B, 3, N]
+    r_tgt = torch.cat([residual(t).flatten(2) for _, t in pairs], dim=2)
+    expected = torch.linalg.lstsq(r_in[..., None], r_tgt[..., None]).solution[..., 0, 0].clamp(-1, 1)
+    torch.testing.assert_close(out.residual_gain, expected, atol=1e-4, rtol=1e-4)
+    assert base.residual_gain is None and out.residual_gain.shape == (2, 3)
+    gain = out.residual_gain[:, :, None, None, None]
+    torch.testing.assert_close(out.latent, base.latent)
+    torch.testing.assert_close(out.decoded, base.decoded + gain * residual(query), atol=1e-5, rtol=1e-5)
+
+    # pairs that keep their input (targets = inputs) transfer the whole residual: a query-residual J-DiT that answers
+    # with the query's latent (untrained: zero output layer) then returns the query itself, not the VAE's rendering
+    keeper = JDiT(JDiTConfig.from_name("tiny", in_channels=8, query_residual=True))
+    keeper.init_weights()
+    identity_pairs = [(i, i) for i, _ in pairs]
+    out = InContextPipeline(vae, keeper, residual_transfer=True, **kwargs)(query, identity_pairs, seed=0)
+    torch.testing.assert_close(out.residual_gain, torch.ones(2, 3))
+    torch.testing.assert_close(out.decoded, query, atol=1e-4, rtol=1e-4)
+    rendered = InContextPipeline(vae, keeper, **kwargs)(query, identity_pairs, seed=0).decoded
+    assert (rendered - query).abs().mean() > 0.1
+
+    with pytest.raises(ValueError, match="residual_transfer fits its gain on the example pairs"):
+        transfer(query, [], seed=0)
+    with pytest.raises(ValueError, match=r"context_pairs\[1\]: residual_transfer needs input and target of one"):
+        transfer(query, [pairs[0], (pairs[1][0], pairs[1][1][:1].expand(2, 3, 5, 32, 32))], seed=0)
+
+
 def test_video_query_encodes_whole_clips(tiny_models):
     vae, dit = tiny_models
     g = torch.Generator().manual_seed(0)

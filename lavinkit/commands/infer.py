@@ -229,8 +229,8 @@ def resolve_model_paths(checkpoint: str | None, dit: str | None, vae: str | None
 
 def pipeline_options(args) -> dict:
     """``InContextPipeline`` keyword arguments from the sampling options (``--steps``, ``--grid``, ``--shift``,
-    ``--sampler``, ``--guidance-*``, ``--encode-mode``, ``--ensemble-size``, ``--device``, the dtypes,
-    ``--allow-fp16``)."""
+    ``--sampler``, ``--guidance-*``, ``--encode-mode``, ``--ensemble-size``, ``--residual-transfer``, ``--device``,
+    the dtypes, ``--allow-fp16``)."""
     from lavinkit.flow.grids import OFFICIAL_GRIDS, ShiftedGrid
 
     if args.steps < 2:
@@ -245,7 +245,8 @@ def pipeline_options(args) -> dict:
         sampler=args.sampler, num_steps=args.steps,
         grid=ShiftedGrid(args.shift) if args.grid == "shifted" else args.grid,
         guidance_scale=args.guidance_scale, guidance_mode=args.guidance_mode, encode_mode=args.encode_mode,
-        ensemble_size=args.ensemble_size, device=args.device, dtype=dtype(args.dtype),
+        ensemble_size=args.ensemble_size, residual_transfer=args.residual_transfer, device=args.device,
+        dtype=dtype(args.dtype),
         encode_dtype=dtype(args.encode_dtype), decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
     )  # fmt: skip
 
@@ -269,6 +270,8 @@ def add_pipeline_arguments(p) -> None:
                    help="posterior sample (official) or mean for the context latents")
     p.add_argument("--ensemble-size", type=int, default=1,
                    help="answers sampled per query from independent noise and averaged (1: one sample)")
+    p.add_argument("--residual-transfer", type=bool, default=False,
+                   help="add back the detail the ST-VAE drops from the query, as much as the example pairs keep")
     p.add_argument("--size", type=str, default="512x512", help="HxW, multiples of 16")
     p.add_argument("--max-frames", type=int | None, default=None, help="cut clips to at most this many frames")
     p.add_argument("--device", type=str | None, default=None, help="default: cuda if available, else cpu")
@@ -423,7 +426,8 @@ def run(args) -> list[dict]:
             "result": str(result_path), "grid": str(grid_path), "size": list(size),
             "frames": int(result.shape[0]), "sampler": args.sampler, "grid_kind": args.grid, "steps": args.steps,
             "nfe": out.nfe, "guidance_scale": args.guidance_scale, "guidance_mode": args.guidance_mode,
-            "encode_mode": args.encode_mode, "ensemble_size": args.ensemble_size, "vae": str(vae_path),
+            "encode_mode": args.encode_mode, "ensemble_size": args.ensemble_size,
+            "residual_transfer": args.residual_transfer, "vae": str(vae_path),
             "dit": str(dit_path),
             "device": str(pipe.device), "dtype": str(pipe.dtype).replace("torch.", ""), "seconds": round(seconds, 3),
         }  # fmt: skip

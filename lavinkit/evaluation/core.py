@@ -303,7 +303,8 @@ def evaluate(
         "num_pairs": num_pairs, "queries_per_task": queries_per_task, "seeds": seeds, "size": list(size),
         "max_frames": max_frames, "sampler": type(pipe.sampler).__name__, "steps": pipe.sampler.num_steps,
         "grid": repr(pipe.sampler.grid), "guidance_scale": pipe.guidance.scale, "guidance_mode": pipe.guidance.mode,
-        "encode_mode": pipe.encode_mode, "ensemble_size": pipe.ensemble_size, "device": str(pipe.device),
+        "encode_mode": pipe.encode_mode, "ensemble_size": pipe.ensemble_size,
+        "residual_transfer": pipe.residual_transfer, "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "lpips": {"weights": str(lpips_weights), "net": lpips_net} if lpips is not None else None,
         "seed_rule": f"pipeline seed and example choice: derive_seed({SEED_STREAM!r}, seed, task, query); swap "

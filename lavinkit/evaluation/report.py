@@ -209,6 +209,7 @@ class EvalReport:
                  f"{'x'.join(map(str, s.get('size', [])))}, {s.get('steps')} steps, guidance "
                  f"{s.get('guidance_scale')}, encode mode {s.get('encode_mode')}"
                  + (f", {s['ensemble_size']} answers averaged per query" if s.get("ensemble_size", 1) > 1 else "")
+                 + (", the query's ST-VAE residual transferred" if s.get("residual_transfer") else "")
                  + ".",
                  "",
                  "Identity: the query returned unchanged. Ceiling: the ST-VAE reconstruction of the target. Swapped: "

@@ -69,14 +69,15 @@ def test_batch_mode_outputs_and_logged_pairs(models, task, tmp_path, capsys):
     assert main(args) == 0
     assert json.loads((again / "a.json").read_text())["pairs"] == json.loads((out / "a.json").read_text())["pairs"]
     assert (again / "a_result.png").read_bytes() == (out / "a_result.png").read_bytes()
-    # --ensemble-size: the mean of several answers, said in the output and the record
+    # --ensemble-size: the mean of several answers, said in the output and the record (as is --residual-transfer)
     ensemble = tmp_path / "ensemble"
     args[args.index("--out") + 1] = str(ensemble)
     capsys.readouterr()
-    assert main([*args, "--ensemble-size", "3"]) == 0
+    assert main([*args, "--ensemble-size", "3", "--residual-transfer", "true"]) == 0
     assert "mean of 3 answers" in capsys.readouterr().out
-    assert json.loads((ensemble / "a.json").read_text())["ensemble_size"] == 3
-    assert json.loads((again / "a.json").read_text())["ensemble_size"] == 1
+    record, plain = (json.loads((folder / "a.json").read_text()) for folder in (ensemble, again))
+    assert record["ensemble_size"] == 3 and record["residual_transfer"] is True
+    assert plain["ensemble_size"] == 1 and plain["residual_transfer"] is False
     assert (ensemble / "a_result.png").read_bytes() != (again / "a_result.png").read_bytes()
 
 
