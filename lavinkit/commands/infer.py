@@ -433,6 +433,8 @@ def run(args) -> list[dict]:
         }  # fmt: skip
         if job.target is not None:
             record["target"] = str(job.target)
+        if out.residual_gain is not None:  # how much of the query's ST-VAE residual the example pairs kept (R, G, B)
+            record["residual_gain"] = [round(g, 4) for g in out.residual_gain[0].tolist()]
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
         averaged = f", mean of {args.ensemble_size} answers" if args.ensemble_size > 1 else ""
         tqdm.write(f"    -> {result_path} ({out.nfe} evaluations{averaged}, {seconds:.1f}s)")

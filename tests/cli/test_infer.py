@@ -77,7 +77,8 @@ def test_batch_mode_outputs_and_logged_pairs(models, task, tmp_path, capsys):
     assert "mean of 3 answers" in capsys.readouterr().out
     record, plain = (json.loads((folder / "a.json").read_text()) for folder in (ensemble, again))
     assert record["ensemble_size"] == 3 and record["residual_transfer"] is True
-    assert plain["ensemble_size"] == 1 and plain["residual_transfer"] is False
+    assert len(record["residual_gain"]) == 3 and all(-1 <= g <= 1 for g in record["residual_gain"])
+    assert plain["ensemble_size"] == 1 and plain["residual_transfer"] is False and "residual_gain" not in plain
     assert (ensemble / "a_result.png").read_bytes() != (again / "a_result.png").read_bytes()
 
 
