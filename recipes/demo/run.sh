@@ -31,14 +31,15 @@ done
 echo "== 4/5 J-DiT (in-context flow matching on image and clip latents)"
 "$LAVINKIT" fit --config recipes/demo/jdit.yaml
 
-echo "== 5/5 evaluation on held-out pairs (4 answers per query, averaged)"
+echo "== 5/5 evaluation on held-out pairs (4 answers per query, averaged; the query's ST-VAE residual transferred)"
 # --ensemble-size 4: four answers per query from independent noise, their latents averaged (README, "One sample
-# or the expected answer")
+# or the expected answer"); --residual-transfer: the detail the ST-VAE drops from the query comes back as much as
+# the example pairs keep it (README, "Giving back what the ST-VAE drops")
 "$LAVINKIT" eval --checkpoint runs/demo_jdit/checkpoints/last.ckpt --task-folder demo_data/tasks \
     --queries-per-task 4 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
-    --ensemble-size 4 --seeds "[0]" --out runs/demo/images
+    --ensemble-size 4 --residual-transfer true --seeds "[0]" --out runs/demo/images
 "$LAVINKIT" eval --checkpoint runs/demo_jdit/checkpoints/last.ckpt --shards "demo_data/val/videos-*.tar" \
     --queries-per-task 2 --num-pairs 1 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
-    --ensemble-size 4 --seeds "[0]" --out runs/demo/clips
+    --ensemble-size 4 --residual-transfer true --seeds "[0]" --out runs/demo/clips
 
 echo "done: runs/demo/images/eval.md, runs/demo/clips/eval.md and their eval_grid.png"

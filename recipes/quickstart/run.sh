@@ -33,10 +33,12 @@ echo "== 4/5 J-DiT (in-context flow matching on latents)"
 "$LAVINKIT" fit --config recipes/quickstart/jdit.yaml
 
 echo "== 5/5 evaluation on held-out pairs: prediction vs identity, VAE ceiling, swapped-task context"
+# --residual-transfer: the detail the ST-VAE drops from the query comes back as much as the example pairs keep it
+# (README, "Giving back what the ST-VAE drops")
 "$LAVINKIT" eval --checkpoint runs/quickstart_jdit/checkpoints/last.ckpt --task-folder demo_data/tasks \
     --tasks "[colorization, inpainting, edge_detection, low_light_enhancement, horizontal_flip, denoising]" \
     --queries-per-task 8 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
-    --seeds "[0]" --out runs/quickstart
+    --residual-transfer true --seeds "[0]" --out runs/quickstart
 
 echo "done: runs/quickstart/eval.md (the table above) and runs/quickstart/eval_grid.png"
 echo "  (query | example pairs | prediction | target | identity | prediction with another task's pairs, one row per task)"
