@@ -246,8 +246,8 @@ def pipeline_options(args) -> dict:
         grid=ShiftedGrid(args.shift) if args.grid == "shifted" else args.grid,
         guidance_scale=args.guidance_scale, guidance_mode=args.guidance_mode, encode_mode=args.encode_mode,
         ensemble_size=args.ensemble_size, residual_transfer=args.residual_transfer, device=args.device,
-        dtype=dtype(args.dtype),
-        encode_dtype=dtype(args.encode_dtype), decode_dtype=dtype(args.decode_dtype), allow_fp16=args.allow_fp16,
+        dtype=dtype(args.dtype), encode_dtype=dtype(args.encode_dtype), decode_dtype=dtype(args.decode_dtype),
+        allow_fp16=args.allow_fp16,
     )  # fmt: skip
 
 
