@@ -164,6 +164,11 @@ def test_residual_transfer_gain_is_fitted_on_the_pairs(tiny_models):
     torch.testing.assert_close(out.decoded, query, atol=1e-4, rtol=1e-4)
     rendered = InContextPipeline(vae, keeper, **kwargs)(query, identity_pairs, seed=0).decoded
     assert (rendered - query).abs().mean() > 0.1
+    # the same for clips: each 5-frame clip is decoded from its own 2 latent frames
+    g = torch.Generator().manual_seed(1)
+    clips = [torch.rand(1, 3, 5, 32, 32, generator=g) * 2 - 1 for _ in range(2)]
+    out = InContextPipeline(vae, keeper, residual_transfer=True, **kwargs)(clips[0], [(clips[1], clips[1])], seed=0)
+    torch.testing.assert_close(out.decoded, clips[0], atol=1e-4, rtol=1e-4)
 
     with pytest.raises(ValueError, match="residual_transfer fits its gain on the example pairs"):
         transfer(query, [], seed=0)
