@@ -436,8 +436,10 @@ def run(args) -> list[dict]:
         if out.residual_gain is not None:  # how much of the query's ST-VAE residual the example pairs kept (R, G, B)
             record["residual_gain"] = [round(g, 4) for g in out.residual_gain[0].tolist()]
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        averaged = f", mean of {args.ensemble_size} answers" if args.ensemble_size > 1 else ""
-        tqdm.write(f"    -> {result_path} ({out.nfe} evaluations{averaged}, {seconds:.1f}s)")
+        details = f", mean of {args.ensemble_size} answers" if args.ensemble_size > 1 else ""
+        if "residual_gain" in record:
+            details += ", residual gain R/G/B " + "/".join(f"{g:.2f}" for g in record["residual_gain"])
+        tqdm.write(f"    -> {result_path} ({out.nfe} evaluations{details}, {seconds:.1f}s)")
         records.append(record)
     if args.query is None:
         sheet = out_dir / "results_grid.png"

@@ -74,7 +74,8 @@ def test_batch_mode_outputs_and_logged_pairs(models, task, tmp_path, capsys):
     args[args.index("--out") + 1] = str(ensemble)
     capsys.readouterr()
     assert main([*args, "--ensemble-size", "3", "--residual-transfer", "true"]) == 0
-    assert "mean of 3 answers" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean of 3 answers, residual gain R/G/B " in printed
     record, plain = (json.loads((folder / "a.json").read_text()) for folder in (ensemble, again))
     assert record["ensemble_size"] == 3 and record["residual_transfer"] is True
     assert len(record["residual_gain"]) == 3 and all(-1 <= g <= 1 for g in record["residual_gain"])
