@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quickstart: the whole LaVin-DiT pipeline on the built-in demo data, on CPU (about 17 minutes on 2 cores),
+# The quickstart: the whole LaVin-DiT pipeline on the built-in demo data, on CPU (about 16 minutes on 2 cores),
 # ending with an evaluation of in-context learning on held-out pairs. Every stage is an ordinary command with an
 # ordinary recipe; open them, change them, run them one by one.
 #
