@@ -97,6 +97,14 @@ def to_uint8(images: Tensor, rounding: Rounding = "round") -> Tensor:
     return scaled.to(torch.uint8)
 
 
+def _equal_length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of equal lengths, in first-seen order: clips that can share one VAE batch."""
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
+    return list(groups.values())
+
+
 def _float_dtype(module: nn.Module) -> torch.dtype | None:
     for p in module.parameters():
         if p.is_floating_point():
@@ -306,12 +314,9 @@ class InContextPipeline:
         self._vae_to(self.encode_dtype)
         batch = clips[0].shape[0]
         # group clips of equal length into one VAE batch: [n * B, 3, T, H, W]
-        groups: dict[int, list[int]] = {}
-        for i, clip in enumerate(clips):
-            groups.setdefault(clip.shape[2], []).append(i)
         means: list[Tensor | None] = [None] * len(clips)
         stds: list[Tensor | None] = [None] * len(clips)
-        for ids in groups.values():
+        for ids in _equal_length_groups([clip.shape[2] for clip in clips]):
             stacked = torch.cat([clips[i] for i in ids], dim=0).to(self.device, self.encode_dtype)
             chunk = self.encode_batch_size or stacked.shape[0]
             posts = [self.vae.encode(part) for part in stacked.split(chunk)]
@@ -369,8 +374,7 @@ class InContextPipeline:
         # decode clips of equal latent length in one VAE batch, like encode: [n * B, C, t, h, w]
         batch, residuals = clips[0].shape[0], [None] * len(clips)
         bounds = torch.tensor([0, *lengths]).cumsum(0).tolist()
-        for length in dict.fromkeys(lengths):
-            ids = [i for i, n in enumerate(lengths) if n == length]
+        for ids in _equal_length_groups(lengths):
             decoded = self.decode(torch.cat([context[:, :, bounds[i] : bounds[i + 1]] for i in ids]))
             for j, i in enumerate(ids):
                 residuals[i] = clips[i].to(self.device).float() - decoded[j * batch : (j + 1) * batch]
@@ -416,14 +420,13 @@ class InContextPipeline:
         clips.append(query)
         if self.residual_transfer and not context_pairs:
             raise ValueError("residual_transfer fits its gain on the example pairs: pass at least one context pair")
-        for i, clip in enumerate(clips[:-1]):
-            if self.residual_transfer and i % 2 and clip.shape != clips[i - 1].shape:
-                raise ValueError(f"context_pairs[{i // 2}]: residual_transfer needs input and target of one shape, "
-                                 f"got {tuple(clips[i - 1].shape)} and {tuple(clip.shape)}")
         for i, clip in enumerate(clips):
             if clip.shape[-2:] != query.shape[-2:]:
                 raise ValueError(f"context_pairs[{i // 2}]: spatial size {tuple(clip.shape[-2:])} differs from "
                                  f"the query's {tuple(query.shape[-2:])}")
+            if self.residual_transfer and i % 2 and clip.shape != clips[i - 1].shape:  # a target vs its input
+                raise ValueError(f"context_pairs[{i // 2}]: residual_transfer needs input and target of one shape, "
+                                 f"got {tuple(clips[i - 1].shape)} and {tuple(clip.shape)}")
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
 
