@@ -59,7 +59,7 @@ def _parser() -> ArgumentParser:
                            "pairs must match in frame count, frame rate and duration)")
     pack.add_argument("--size", type=int | None, default=None,
                       help="resize (short side) + center-crop to SIZE x SIZE; videos default to 64")
-    pack.add_argument("--image-ext", type=str, default="png", help="png, jpg or webp")
+    pack.add_argument("--image-ext", type=str, default="png", help="png, jpg, webp or tiff")
     pack.add_argument("--clip-ext", type=str, default="mp4", help="mp4 or npy")
     pack.add_argument("--seed", type=int, default=0, help="seed of --transform")
     pack.add_argument("--prefix", type=str | None, default=None, help="shard name prefix (images / videos)")

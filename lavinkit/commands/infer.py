@@ -3,7 +3,7 @@
     lavinkit infer --vae stvae.safetensors --dit jdit.safetensors \\
         --task-folder out/tasks/colorization --query photo.png --num-pairs 4 --seed 0 --out results/
 
-* ``--query`` is an image (png/jpg/webp), a clip (mp4 and other video files, or npy ``uint8 [T, H, W, 3]``),
+* ``--query`` is an image (png/jpg/webp/tiff), a clip (mp4 and other video files, or npy ``uint8 [T, H, W, 3]``),
   or a folder of those (batch mode: every query in name order).
 * ``--task-folder`` holds example pairs ``NAME_input.EXT`` / ``NAME_target.EXT`` (images or clips).
 * ``--num-pairs`` pairs are drawn SEEDED and WITHOUT replacement (the official draws with replacement and
@@ -39,8 +39,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-CLIP_EXTS = ("mp4", "npy", "avi", "mkv", "mov", "webm", "m4v")
+from lavinkit.data.media import IMAGE_EXTS, VIDEO_FILE_EXTS
+
+# the query and example files infer and eval read: images, npy frame arrays, video files
+CLIP_EXTS = ("npy", *VIDEO_FILE_EXTS)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavinkit.data.media import encode_image, read_video_file
+from lavinkit.data.media import CLIP_EXTS, IMAGE_EXTS, encode_image, read_video_file
 from lavinkit.data.schema import is_valid_frames, make_sample
 from lavinkit.data.shards import PairShardWriter, write_index
 from lavinkit.fileio import atomic_write_bytes, atomic_write_text
@@ -398,8 +398,9 @@ def build_demo(
         raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
     if not is_valid_frames(clip_frames) or clip_frames < 5:
         raise ValueError(f"clip_frames must be 1 + 4k with k >= 1 (5, 9, 13, 17, ...), got {clip_frames}")
-    if image_ext not in ("png", "jpg", "jpeg", "webp") or clip_ext not in ("mp4", "npy"):
-        raise ValueError(f"image_ext must be png/jpg/webp and clip_ext mp4/npy, got {image_ext!r}, {clip_ext!r}")
+    if image_ext not in IMAGE_EXTS or clip_ext not in CLIP_EXTS:
+        raise ValueError(f"image_ext must be one of {IMAGE_EXTS} and clip_ext one of {CLIP_EXTS}, got {image_ext!r}, "
+                         f"{clip_ext!r}")
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)

@@ -1,4 +1,4 @@
-"""In-memory codecs for the members of a pair sample: images (png/jpg/webp), clips (mp4 via PyAV, npy).
+"""In-memory codecs for the members of a pair sample: images (png/jpg/webp/tiff), clips (mp4 via PyAV, npy).
 
 Every decoder returns ``uint8`` RGB; every encoder takes ``uint8`` RGB and returns ``bytes``.
 
@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "tif", "tiff")
 CLIP_EXTS = ("mp4", "npy")
 VIDEO_FILE_EXTS = ("mp4", "avi", "mkv", "mov", "webm", "m4v", "mpg", "mpeg")
 
-_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
 _REFORMATTER = None
 
 
@@ -87,7 +87,7 @@ def image_display_size(source: str | Path | bytes) -> tuple[int, int]:
 
 
 def decode_image(data: bytes) -> torch.Tensor:
-    """Decode image bytes (png/jpg/webp, or any format Pillow reads) to an RGB ``uint8`` tensor ``[3, H, W]``,
+    """Decode image bytes (png/jpg/webp/tiff, or any format Pillow reads) to an RGB ``uint8`` tensor ``[3, H, W]``,
     upright: the EXIF orientation is applied, so ``H, W`` are the displayed sides.
 
     Raises ``ValueError`` when the bytes cannot be decoded.
@@ -114,9 +114,10 @@ def decode_image(data: bytes) -> torch.Tensor:
 
 
 def encode_image(arr: np.ndarray, ext: str = "png", *, quality: int = 95) -> bytes:
-    """Encode an RGB ``uint8`` array ``[H, W, 3]`` as ``ext`` (png, jpg/jpeg or webp).
+    """Encode an RGB ``uint8`` array ``[H, W, 3]`` as ``ext`` (png, jpg/jpeg, webp or tif/tiff).
 
-    PNG is lossless (zlib level 1: ~2x faster to write than 6 for ~10 % more bytes); jpg/webp use ``quality``.
+    PNG is lossless (zlib level 1: ~2x faster to write than 6 for ~10 % more bytes), TIFF lossless (deflate);
+    jpg/webp use ``quality``.
     """
     from PIL import Image
 
@@ -130,6 +131,8 @@ def encode_image(arr: np.ndarray, ext: str = "png", *, quality: int = 95) -> byt
         im.save(buf, "PNG", compress_level=1)
     elif ext == "webp":
         im.save(buf, "WEBP", quality=quality, method=4)
+    elif ext in ("tif", "tiff"):
+        im.save(buf, "TIFF", compression="tiff_deflate")
     else:
         im.save(buf, "JPEG", quality=quality)
     return buf.getvalue()

@@ -147,7 +147,7 @@ def pack_task_folders(
         tasks: only these task folders (default: all sub-folders holding pairs).
         size: resize (short side, bicubic) and center-crop every image to ``size x size``; without it,
             inputs and targets must already be the same size with sides multiples of 16.
-        image_ext: png (lossless), jpg or webp in the shards.
+        image_ext: png (lossless), jpg, webp or tiff in the shards.
         prefix, maxcount, maxsize: shard naming and size (see :class:`PairShardWriter`).
         progress: show a progress bar with an ETA.
 

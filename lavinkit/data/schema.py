@@ -2,7 +2,7 @@
 
 One WebDataset sample holds ONE input/target pair of one task::
 
-    <key>.input.<ext>     the input  (image: png/jpg/jpeg/webp; clip: mp4 (H.264) or npy uint8 [T, H, W, 3])
+    <key>.input.<ext>     the input  (image: png/jpg/jpeg/webp/tif/tiff; clip: mp4 (H.264) or npy uint8 [T, H, W, 3])
     <key>.target.<ext>    the target (same modality, same T, H, W as the input)
     <key>.json            {"task": str, "modality": "image"|"video", "frames": T, "height": H, "width": W,
                            "source": str, "transform": {"name": str, "seed": ..., "params": {...}}, ...}

@@ -21,7 +21,7 @@ duplicate-member   a member name twice in a row, or several inputs (``input.png`
 empty-member       an input, target or json member of 0 bytes
 no-extension       a member name without an extension
 unknown-member     a member that is not part of the schema
-bad-extension      an input/target extension that is not png/jpg/jpeg/webp/mp4/npy (npy for latents)
+bad-extension      an input/target extension that is not png/jpg/jpeg/webp/tif/tiff/mp4/npy (npy for latents)
 bad-json           json that does not parse, or is not an object
 missing-task       json without a non-empty string ``"task"``
 unknown-task       a task not in ``--tasks`` (or in the ``index.json`` next to the shard)

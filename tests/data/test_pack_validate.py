@@ -175,6 +175,39 @@ def test_pack_task_folders_roundtrip(tmp_path):
     assert validate_shards(str(tmp_path / "out")).ok
 
 
+def test_tiff_task_folders_pack_infer_and_eval(tmp_path):
+    """TIFF sources (8-bit RGB and 16-bit grey, as scanners and microscopes write them) pack losslessly, into png
+    or tiff members, and are read by infer and eval."""
+    import webdataset as wds
+
+    from lavinkit.commands.infer import load_media
+    from lavinkit.data.schema import decode_pair
+    from lavinkit.evaluation.data import tasks_from_folders
+
+    folder = tmp_path / "tasks" / "grey"
+    folder.mkdir(parents=True)
+    rgb = _img()
+    grey16 = (rgb[..., 0].astype(np.uint16) * 257)  # 8-bit values scaled to the full 16-bit range
+    for i in range(3):
+        Image.fromarray(grey16).save(folder / f"p{i}_input.tif")  # mode I;16
+        Image.fromarray(rgb).save(folder / f"p{i}_target.tiff")
+    expected_input = np.repeat(rgb[..., :1], 3, axis=-1)
+    assert Image.open(folder / "p0_input.tif").mode == "I;16"
+    for ext in ("png", "tiff"):
+        index = pack_task_folders(tmp_path / "tasks", tmp_path / ext, image_ext=ext)
+        assert validate_shards(str(index)).ok
+        samples = list(wds.WebDataset(str(tmp_path / ext / "images-000000.tar"), shardshuffle=False,
+                                      empty_check=False))
+        assert {k for k in samples[0] if not k.startswith("__")} == {f"input.{ext}", f"target.{ext}", "json"}
+        pair = decode_pair(samples[0])
+        np.testing.assert_array_equal(pair["input"][:, 0].permute(1, 2, 0).numpy(), expected_input)
+        np.testing.assert_array_equal(pair["target"][:, 0].permute(1, 2, 0).numpy(), rgb)
+    loaded = load_media(folder / "p0_input.tif", (32, 32))
+    np.testing.assert_array_equal(loaded.uint8[0], expected_input)
+    task = tasks_from_folders(tmp_path / "tasks")["grey"]
+    assert task.modality == "image" and len(task.names) == 3
+
+
 def test_pack_task_folders_errors(tmp_path):
     root = _task_folders(tmp_path / "tasks")
     (root / "flip" / "lonely_input.png").write_bytes(_png(_img()))
