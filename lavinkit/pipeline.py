@@ -188,6 +188,8 @@ class InContextPipeline:
         vae: an ``STVAE`` (``encode -> DiagonalGaussian``, ``decode``, ``normalize_latents``, ``denormalize_latents``).
         dit: a ``JDiT`` (``dit(x, t, context, context_lengths) -> v``).
         sampler: ``"euler"``, ``"heun"`` or an ``ODESampler`` instance (then ``num_steps``/``grid`` are its own).
+            For a ``query_residual`` J-DiT ``"heun"`` ends with an Euler step and a Heun instance must do so
+            (:func:`~lavinkit.flow.samplers.check_sampler_for_data_estimate`).
         num_steps: grid points (official ``--timesteps``; Euler makes ``num_steps - 1`` evaluations).
         grid: ``"official"`` (20/30/40 only), ``"uniform"``, ``"shifted"`` or a ``TimeGrid``.
         guidance_scale: CFG scale (1.0 = no guidance, a single conditional forward per step).
@@ -246,7 +248,9 @@ class InContextPipeline:
             if not allow_fp16:
                 raise ValueError(msg + ", or pass allow_fp16=True to try anyway.")
             warnings.warn(msg + ".", stacklevel=2)
-        self.sampler = get_sampler(sampler, num_steps=num_steps, grid=grid)
+        # a query_residual J-DiT's velocity is not defined at t = 1: "heun" then ends with an Euler step
+        data_estimate = bool(getattr(getattr(dit, "config", None), "query_residual", False))
+        self.sampler = get_sampler(sampler, num_steps=num_steps, grid=grid, data_estimate=data_estimate)
         self.guidance = ClassifierFreeGuidance(guidance_scale, guidance_mode)
         self.encode_mode = encode_mode
         self.ensemble_size = int(ensemble_size)

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from lavinkit.flow import HeunSampler
 from lavinkit.pipeline import InContextPipeline, PipelineOutput, load_model_file, to_uint8
 from tests.conftest import PARITY, load_parity
 
@@ -164,6 +165,12 @@ def test_residual_transfer_gain_is_fitted_on_the_pairs(tiny_models):
     torch.testing.assert_close(out.decoded, query, atol=1e-4, rtol=1e-4)
     rendered = InContextPipeline(vae, keeper, **kwargs)(query, identity_pairs, seed=0).decoded
     assert (rendered - query).abs().mean() > 0.1
+    # "heun" for such a J-DiT ends with an Euler step (its velocity is not defined at t = 1) and lands on the query
+    heun = InContextPipeline(vae, keeper, residual_transfer=True, **dict(kwargs, sampler="heun"))
+    assert heun.sampler.final_step == "euler"
+    torch.testing.assert_close(heun(query, identity_pairs, seed=0).decoded, query, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="query_residual"):
+        InContextPipeline(vae, keeper, **dict(kwargs, sampler=HeunSampler(3, "uniform")))
     # the same for clips: each 5-frame clip is decoded from its own 2 latent frames
     g = torch.Generator().manual_seed(1)
     clips = [torch.rand(1, 3, 5, 32, 32, generator=g) * 2 - 1 for _ in range(2)]

@@ -5,7 +5,8 @@ The convention is stated once, in :mod:`lavinkit.flow.path`. Components (YAML ``
 * time samplers: ``lavinkit.flow.UniformTimeSampler``, ``LogitNormalTimeSampler``, ``ShiftedTimeSampler``
 * objective: ``lavinkit.flow.FlowMatchingObjective`` (MSE + 0.1 L1 on the velocity by default)
 * grids: ``lavinkit.flow.OfficialGrid``, ``UniformGrid``, ``ShiftedGrid`` (``num_steps`` = grid points)
-* samplers: ``lavinkit.flow.EulerSampler`` (NFE = N - 1), ``HeunSampler`` (NFE = 2 (N - 1))
+* samplers: ``lavinkit.flow.EulerSampler`` (NFE = N - 1), ``HeunSampler`` (NFE = 2 (N - 1), one fewer with
+  ``final_step="euler"``)
 * guidance: ``lavinkit.flow.ClassifierFreeGuidance`` (modes auto, batched with ``context_lengths``, two_pass)
 """
 
@@ -47,6 +48,7 @@ from lavinkit.flow.samplers import (
     HeunSampler,
     ODESampler,
     SampleOutput,
+    check_sampler_for_data_estimate,
     euler_sample,
     get_sampler,
     heun_sample,
@@ -66,7 +68,7 @@ __all__ = [
     "broadcast_time", "data_from_velocity", "interpolate", "noise_from_velocity", "shift_time",
     "time_from_rectified_flow", "time_to_rectified_flow", "velocity_from_rectified_flow", "velocity_target",
     "velocity_to_rectified_flow",
-    "SAMPLERS", "EulerSampler", "HeunSampler", "ODESampler", "SampleOutput", "euler_sample", "get_sampler",
-    "heun_sample",
+    "SAMPLERS", "EulerSampler", "HeunSampler", "ODESampler", "SampleOutput", "check_sampler_for_data_estimate",
+    "euler_sample", "get_sampler", "heun_sample",
     "LogitNormalTimeSampler", "ShiftedTimeSampler", "TimeSampler", "UniformTimeSampler",
 ]  # fmt: skip

@@ -7,7 +7,11 @@ Number of model evaluations (NFE), exact, for a grid of ``N`` points (``num_step
   last point ``t = 1`` is never fed to the model. With the official 20-point grid this is the official
   sampler (torchdiffeq fixed-grid Euler), 19 evaluations.
 * :class:`HeunSampler`: ``2 (N - 1)``. Heun's second-order predictor-corrector on every interval, including
-  the last one (the model is evaluated at ``t = 1``, which is well defined for flow matching).
+  the last one (the model is evaluated at ``t = 1``, which is well defined for a velocity-predicting model).
+  With ``final_step="euler"``: ``2 (N - 1) - 1``, the last interval is an Euler step, so ``t = 1`` is never fed
+  to the model (k-diffusion's rule for the step into the data end): for a model whose velocity is derived from
+  a data estimate, ``(x1 - x_t) / (1 - t)``, the velocity at ``t = 1`` is not defined (see
+  :func:`check_sampler_for_data_estimate`).
 
 "Model evaluation" means one call of the velocity function; with classifier-free guidance
 (``lavinkit.flow.guidance``) one call is one batched forward of the conditional and unconditional rows.
@@ -22,6 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -29,7 +34,7 @@ from torch import Tensor
 from lavinkit.flow.grids import TimeGrid, get_grid
 
 __all__ = ["VelocityFn", "SampleOutput", "euler_sample", "heun_sample", "ODESampler", "EulerSampler", "HeunSampler",
-           "SAMPLERS", "get_sampler"]  # fmt: skip
+           "SAMPLERS", "get_sampler", "check_sampler_for_data_estimate"]  # fmt: skip
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 """``fn(x [B, ...] float32, t [B] float32) -> v [B, ...]``."""
@@ -110,21 +115,27 @@ def heun_sample(
     *,
     return_trajectory: bool = False,
     callback: StepCallback | None = None,
+    euler_last_step: bool = False,
 ) -> SampleOutput:
-    """Heun (explicit trapezoid) over ``grid`` (``N`` points, ``2 (N - 1)`` evaluations)."""
+    """Heun (explicit trapezoid) over ``grid`` (``N`` points, ``2 (N - 1)`` evaluations; ``euler_last_step``: the
+    last interval is an Euler step, ``2 (N - 1) - 1`` evaluations, the model never sees ``grid[-1]``)."""
     x, grid = _prepare(x, grid)
     traj = [x] if return_trajectory else None
     nfe = 0
+    last = grid.numel() - 2
     for k in range(grid.numel() - 1):
         t0, t1 = grid[k], grid[k + 1]
         dt = t1 - t0
         v0 = _call(fn, x, t0)
+        nfe += 1
         if callback is not None:
             callback(k, t0, x, v0)
-        x_pred = x + dt * v0
-        v1 = _call(fn, x_pred, t1)
-        nfe += 2
-        x = x + dt * (0.5 * (v0 + v1))
+        if euler_last_step and k == last:
+            x = x + dt * v0
+        else:
+            v1 = _call(fn, x + dt * v0, t1)
+            nfe += 1
+            x = x + dt * (0.5 * (v0 + v1))
         if traj is not None:
             traj.append(x)
     return SampleOutput(sample=x, times=grid, nfe=nfe, trajectory=torch.stack(traj) if traj is not None else None)
@@ -191,21 +202,65 @@ class EulerSampler(ODESampler):
 
 
 class HeunSampler(ODESampler):
-    """Heun's second-order method; NFE = ``2 (num_steps - 1)``."""
+    """Heun's second-order method; NFE = ``2 (num_steps - 1)``.
+
+    Args:
+        final_step: ``"heun"`` (every interval, the model evaluated at ``t = 1``) or ``"euler"`` (the last interval
+            is an Euler step, one evaluation fewer; for models whose velocity is not defined at ``t = 1``).
+    """
 
     evals_per_interval = 2
 
+    def __init__(self, num_steps: int = 20, grid: str | TimeGrid = "official",
+                 final_step: Literal["heun", "euler"] = "heun") -> None:
+        if final_step not in ("heun", "euler"):
+            raise ValueError(f"final_step must be 'heun' or 'euler', got {final_step!r}")
+        super().__init__(num_steps, grid)
+        self.final_step = final_step
+
+    def nfe(self, num_steps: int | None = None) -> int:
+        return super().nfe(num_steps) - (self.final_step == "euler")
+
     def solve(self, fn: VelocityFn, x: Tensor, grid: Tensor, **kwargs) -> SampleOutput:
-        return heun_sample(fn, x, grid, **kwargs)
+        return heun_sample(fn, x, grid, euler_last_step=self.final_step == "euler", **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_steps={self.num_steps}, grid={self.grid!r}, final_step={self.final_step!r})"
 
 
 SAMPLERS: dict[str, type[ODESampler]] = {"euler": EulerSampler, "heun": HeunSampler}
 
 
-def get_sampler(sampler: str | ODESampler, num_steps: int = 20, grid: str | TimeGrid = "official") -> ODESampler:
-    """Resolve a sampler name (``euler``, ``heun``) into an instance, or pass an instance through."""
+def get_sampler(sampler: str | ODESampler, num_steps: int = 20, grid: str | TimeGrid = "official", *,
+                data_estimate: bool = False) -> ODESampler:
+    """Resolve a sampler name (``euler``, ``heun``) into an instance, or pass an instance through.
+
+    ``data_estimate``: the model derives its velocity from a data estimate (``JDiTConfig.query_residual``); the
+    name ``heun`` then gives ``HeunSampler(final_step="euler")`` and an instance is checked with
+    :func:`check_sampler_for_data_estimate`.
+    """
     if isinstance(sampler, ODESampler):
+        if data_estimate:
+            check_sampler_for_data_estimate(sampler)
         return sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)} or pass an ODESampler")
+    if sampler == "heun" and data_estimate:
+        return HeunSampler(num_steps=num_steps, grid=grid, final_step="euler")
     return SAMPLERS[sampler](num_steps=num_steps, grid=grid)
+
+
+def check_sampler_for_data_estimate(sampler: ODESampler) -> None:
+    """Refuse a sampler that evaluates the model at ``t = 1`` for a model whose velocity comes from a data estimate.
+
+    Such a velocity, ``(x1 - x_t) / max(1 - t, floor)``, is only bounded by the floor at ``t = 1``: Heun's corrector
+    there averages in a velocity that covers a fraction of the last interval (with the 20-point official grid the
+    sample lands at about 0.9 of the answer). Euler, and Heun with ``final_step="euler"``, never evaluate ``t = 1``.
+
+    Raises:
+        ValueError: for a :class:`HeunSampler` with ``final_step="heun"``.
+    """
+    if isinstance(sampler, HeunSampler) and sampler.final_step == "heun":
+        raise ValueError("this J-DiT derives its velocity from a data estimate (query_residual), which is not defined "
+                         "at t = 1, where HeunSampler's last corrector evaluates it; use "
+                         "HeunSampler(final_step='euler') or EulerSampler")

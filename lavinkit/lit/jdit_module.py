@@ -36,7 +36,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lavinkit.flow import ClassifierFreeGuidance, EulerSampler, FlowMatchingObjective, ODESampler
+from lavinkit.flow import (
+    ClassifierFreeGuidance,
+    EulerSampler,
+    FlowMatchingObjective,
+    ODESampler,
+    check_sampler_for_data_estimate,
+)
 from lavinkit.lit.incontext import EncodeMode, build_context, drop_context, encode_pairs
 from lavinkit.lit.utils import (
     VALIDATION_PENDING_KEY,
@@ -175,6 +181,8 @@ class JDiTModule(LightningModule):
             if self.dit_config.activation_checkpointing:  # one switch decides: the module's
                 self.dit_config = dataclasses.replace(self.dit_config, activation_checkpointing=False)
         self.sampler = sampler if sampler is not None else EulerSampler(num_steps=20, grid="official")
+        if self.dit_config.query_residual:
+            check_sampler_for_data_estimate(self.sampler)
         self.guidance = guidance if guidance is not None else ClassifierFreeGuidance(scale=1.5)
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.nonfinite = NonfiniteSteps(type(self).__name__, self.max_nonfinite_steps)

@@ -103,3 +103,40 @@ def test_explicit_grid_and_errors():
         get_sampler("dpm")
     with pytest.raises(ValueError, match="returned shape"):
         EulerSampler(5, "uniform")(lambda x, t: x[:1], torch.zeros(2, 3))
+
+
+def test_heun_final_euler_step_for_data_estimate_velocities():
+    """A velocity derived from a data estimate, (x1 - x) / max(1 - t, 0.05), is only bounded at t = 1: full Heun
+    lands short of x1 on the official grid, Euler and Heun with a final Euler step land on it; the step into
+    t = 1 never calls the model, so the count is 2 (N - 1) - 1; 'heun' for such a model means that variant."""
+    x1 = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    times = []
+
+    def data_estimate(x, t):
+        times.append(float(t[0]))
+        gap = (1 - t).clamp(min=0.05).view(-1, 1)
+        return (x1 - x) / gap
+
+    x0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    full = HeunSampler(num_steps=20, grid="official")(data_estimate, x0).sample
+    assert (full - x1).abs().max() > 0.02  # the corrector at t = 1 covers only part of the last interval
+    times.clear()
+    ending = HeunSampler(num_steps=20, grid="official", final_step="euler")
+    out = ending(data_estimate, x0)
+    torch.testing.assert_close(out.sample, x1, atol=1e-5, rtol=1e-5)
+    assert out.nfe == ending.nfe() == len(times) == 37 and max(times) < 1
+    torch.testing.assert_close(EulerSampler(20, "official")(data_estimate, x0).sample, x1, atol=1e-5, rtol=1e-5)
+    # the last interval alone changes: on a velocity defined at t = 1 the first N - 2 intervals are the same steps
+    traj_full = HeunSampler(11, "uniform")(gauss_velocity, x0, return_trajectory=True).trajectory
+    traj_end = HeunSampler(11, "uniform", final_step="euler")(gauss_velocity, x0, return_trajectory=True).trajectory
+    torch.testing.assert_close(traj_end[:-1], traj_full[:-1])
+    assert not torch.allclose(traj_end[-1], traj_full[-1])
+
+    resolved = get_sampler("heun", num_steps=20, grid="official", data_estimate=True)
+    assert isinstance(resolved, HeunSampler) and resolved.final_step == "euler"
+    assert get_sampler("heun", num_steps=20).final_step == "heun"
+    with pytest.raises(ValueError, match=r"query_residual.*final_step='euler'"):
+        get_sampler(HeunSampler(20), data_estimate=True)
+    assert get_sampler(ending, data_estimate=True) is ending
+    with pytest.raises(ValueError, match="final_step must be"):
+        HeunSampler(20, final_step="rk4")

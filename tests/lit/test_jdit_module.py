@@ -216,6 +216,12 @@ def test_bad_inputs_fail_clearly(tiny_vae, tmp_path):
         JDiTModule(dit="tiny", vae=str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="context_dropout"):
         JDiTModule(dit="tiny", context_dropout=1.0)
+    # a query_residual J-DiT's velocity is not defined at t = 1, where full Heun's last corrector evaluates it
+    from lavinkit.flow import HeunSampler
+
+    with pytest.raises(ValueError, match="query_residual.*final_step='euler'"):
+        JDiTModule(dit="tiny", dit_overrides={"query_residual": True}, sampler=HeunSampler(20))
+    JDiTModule(dit="tiny", dit_overrides={"query_residual": True}, sampler=HeunSampler(20, final_step="euler"))
 
 
 def test_nonfinite_loss_skips_the_step_then_stops(demo_data, tiny_vae, tmp_path):

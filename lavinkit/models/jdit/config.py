@@ -57,8 +57,9 @@ class JDiTConfig:
             query at the same place (``x1 = query + out``) and the velocity is derived from that data estimate,
             ``v = (x1 - x_t) / max(1 - t, 0.05)``. With the zero-initialised output layer the untrained model
             answers with the query itself (the identity baseline), so its capacity goes to what the task changes;
-            restorations start at the query instead of at a blur of the mean latent. Sample it with Euler: a
-            Heun step ending at ``t = 1`` evaluates the velocity where only the floored gap defines it.
+            restorations start at the query instead of at a blur of the mean latent. Sample it with Euler or
+            ``HeunSampler(final_step="euler")``: a Heun step ending at ``t = 1`` evaluates the velocity where only
+            the floored gap defines it (the pipeline and ``JDiTModule`` refuse that sampler for such a model).
         spatial_position_embedding: not in the official model (default off). Every token also gets an embedding of
             its absolute (row, column) place in its frame (:class:`~lavinkit.nn.embed.SpatialPositionEmbed`, zero at
             initialisation). The official model has positions only through RoPE, i.e. offsets between tokens, which
