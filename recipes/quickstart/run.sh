@@ -34,10 +34,11 @@ echo "== 4/5 J-DiT (in-context flow matching on latents)"
 
 echo "== 5/5 evaluation on held-out pairs: prediction vs identity, VAE ceiling, swapped-task context"
 # --residual-transfer: the detail the ST-VAE drops from the query comes back as much as the example pairs keep it
-# (README, "Giving back what the ST-VAE drops")
+# (README, "Giving back what the ST-VAE drops"); --guidance-scale 1.0: no guidance, one J-DiT forward per step
+# (README, "Guidance and the expected answer")
 "$LAVINKIT" eval --checkpoint runs/quickstart_jdit/checkpoints/last.ckpt --task-folder demo_data/tasks \
     --tasks "[colorization, inpainting, edge_detection, low_light_enhancement, horizontal_flip, denoising]" \
-    --queries-per-task 8 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.5 --encode-mode mean \
+    --queries-per-task 8 --num-pairs 2 --size 64x64 --steps 20 --guidance-scale 1.0 --encode-mode mean \
     --residual-transfer true --seeds "[0]" --out runs/quickstart
 
 echo "done: runs/quickstart/eval.md (the table above) and runs/quickstart/eval_grid.png"
