@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 TOOL_COMMANDS = {
@@ -77,10 +78,27 @@ class LavinCLI:
         from lightning.pytorch import LightningDataModule, LightningModule
         from lightning.pytorch.cli import LightningCLI
 
+        from lavinkit.lit.precision import resolve_cpu_precision
+
         class LavinLightningCLI(LightningCLI):
             def add_arguments_to_parser(self, parser) -> None:
                 parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
                                       compute_fn=logger_save_dir)
+                parser.add_argument("--cpu_bf16", type=Literal["auto", "always"], default="auto",
+                                    help="auto: a bf16 trainer.precision on a CPU that emulates bfloat16 (far slower "
+                                         "than float32, e.g. AVX2-only) trains with 32-true; always: keep it")
+
+            def before_instantiate_classes(self) -> None:
+                if not instantiate:  # parse-only: the recipe as written
+                    return
+                config = self.config[self.subcommand] if self.subcommand else self.config
+                precision, reason = resolve_cpu_precision(config.trainer.precision, config.trainer.accelerator,
+                                                          config.cpu_bf16)
+                if reason is not None:
+                    from lightning.pytorch.utilities import rank_zero_warn
+
+                    rank_zero_warn(reason)
+                    config.trainer.precision = precision
 
             def instantiate_classes(self) -> None:
                 if instantiate:
