@@ -43,6 +43,7 @@ import torch
 
 from lavinkit.bench.flops import flop_counter_mapping, jdit_model_flops, sample_model_flops  # noqa: F401 (re-exported)
 from lavinkit.bench.stats import spread
+from lavinkit.lit.precision import resolve_cpu_precision
 
 # ----------------------------------------------------------------------------------------------- recipes
 
@@ -282,8 +283,12 @@ def _precision(recipe: dict[str, Any], precision: str | None, device: torch.devi
         return precision
     value = str(((recipe.get("trainer") or {}).get("precision")) or "32-true")
     if device.type == "cpu" and value in ("16-mixed", "16", "16-true"):
-        return "bf16-mixed"
-    return value
+        value = "bf16-mixed"
+    # what ``lavinkit fit`` trains with: float32 where this CPU emulates bfloat16 (an explicit --precision is kept)
+    resolved, reason = resolve_cpu_precision(value, device.type)
+    if reason is not None:
+        print(f"lavinkit bench train: {reason}", file=sys.stderr)
+    return resolved
 
 
 def run(

@@ -93,6 +93,18 @@ def test_recipes_merge_in_order(tmp_path):
         load_recipe([tmp_path / "nope.yaml"])
 
 
+def test_recipe_precision_is_what_fit_trains_with(monkeypatch, capsys):
+    from lavinkit.bench import train as bench_train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("lavinkit.lit.precision.cpu_bf16_slowdown", lambda: 30.0)  # bfloat16 emulated
+    assert bench_train._precision({"trainer": {"precision": "bf16-mixed"}}, None, cpu) == "32-true"
+    assert "bf16-mixed on a CPU without native bfloat16" in capsys.readouterr().err
+    assert bench_train._precision({"trainer": {"precision": "bf16-mixed"}}, "bf16-mixed", cpu) == "bf16-mixed"
+    monkeypatch.setattr("lavinkit.lit.precision.cpu_bf16_slowdown", lambda: 0.5)  # native bfloat16
+    assert bench_train._precision({"trainer": {"precision": "16-mixed"}}, None, cpu) == "bf16-mixed"
+
+
 def test_bench_train_jdit_recipe_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "train", "--config", str(ROOT / "recipes/jdit/tiny.yaml"), "--steps", "2", "--warmup", "1",
