@@ -3,8 +3,8 @@
 The CPU recipes train with ``precision: bf16-mixed``: on a CPU with native bfloat16 arithmetic (AVX512-BF16 or
 AMX on x86, BF16 on Arm) that is faster than float32. A CPU without it (an AVX2-only x86, for instance) has
 oneDNN emulate bfloat16, which is far slower than float32: on a 2-core AVX2 EPYC, a 1536 x 192 x 768 matmul ran
-at 1.6 GFLOP/s in bfloat16 and 57 GFLOP/s in float32, and a training step of the ``demo`` ST-VAE took 44 s
-instead of 2.1 s. :func:`resolve_cpu_precision` turns a bfloat16 precision on such a CPU into ``32-true``;
+at 1.6 GFLOP/s in bfloat16 and 57 GFLOP/s in float32, and a training step of the quickstart ST-VAE (one
+thread) took 44.1 s instead of 1.58 s. :func:`resolve_cpu_precision` turns a bfloat16 precision on such a CPU into ``32-true``;
 ``lavinkit fit`` applies it unless ``--cpu_bf16 always`` is given.
 
 Whether bfloat16 is slow is measured, not looked up (instruction-set names do not tell whether oneDNN has a
