@@ -15,7 +15,6 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Literal
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 TOOL_COMMANDS = {
@@ -78,13 +77,13 @@ class LavinCLI:
         from lightning.pytorch import LightningDataModule, LightningModule
         from lightning.pytorch.cli import LightningCLI
 
-        from lavinkit.lit.precision import resolve_cpu_precision
+        from lavinkit.lit.precision import CpuBf16Mode, resolve_cpu_precision
 
         class LavinLightningCLI(LightningCLI):
             def add_arguments_to_parser(self, parser) -> None:
                 parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
                                       compute_fn=logger_save_dir)
-                parser.add_argument("--cpu_bf16", type=Literal["auto", "always"], default="auto",
+                parser.add_argument("--cpu_bf16", type=CpuBf16Mode, default="auto",
                                     help="auto: a bf16 trainer.precision on a CPU that emulates bfloat16 (far slower "
                                          "than float32, e.g. AVX2-only) trains with 32-true; always: keep it")
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CPU_BF16_MODES", "BF16_SLOWDOWN_LIMIT", "cpu_bf16_slowdown", "resolve_cpu_precision"]
+__all__ = ["CpuBf16Mode", "CPU_BF16_MODES", "BF16_SLOWDOWN_LIMIT", "cpu_bf16_slowdown", "resolve_cpu_precision"]
 
-CPU_BF16_MODES = ("auto", "always")
+# ``lavinkit fit --cpu_bf16``: auto = float32 where bfloat16 is emulated; always = the recipe's precision as written
+CpuBf16Mode = Literal["auto", "always"]
+CPU_BF16_MODES = get_args(CpuBf16Mode)
 
 # bfloat16 slower than float32 by more than this factor counts as emulated (native kernels run at 0.3-1x the
 # float32 time; emulated ones at 10-40x)
@@ -69,7 +71,7 @@ def _runs_on_cpu(accelerator: Any) -> bool:
     return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
 
-def resolve_cpu_precision(precision: Any, accelerator: Any, mode: Literal["auto", "always"] = "auto",
+def resolve_cpu_precision(precision: Any, accelerator: Any, mode: CpuBf16Mode = "auto",
                           slowdown: float | None = None) -> tuple[Any, str | None]:
     """The Trainer precision to train with, and why it differs from the one asked for (``None`` if it does not).
 
